@@ -1,0 +1,16 @@
+import numpy as np
+import pytest
+
+import vaekit
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A small model trained for two epochs on digits: enough to exercise every command."""
+    out = tmp_path_factory.mktemp("runs") / "digits"
+    return vaekit.train("digits", out, epochs=2, hidden=(32,), latent_dim=4, quiet=True)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)

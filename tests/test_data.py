@@ -1,0 +1,187 @@
+"""Each data source on files the tests write, and the errors bad input gets."""
+
+import gzip
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vaekit import data
+from vaekit.data import idx
+from vaekit.data.dataset import DataSpec
+from vaekit.errors import DataError
+
+
+def write_mnist_like(directory, rng, n_train=30, n_test=10, gz=True):
+    ext = ".gz" if gz else ""
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        idx.write_idx(directory / f"{split}-images-idx3-ubyte{ext}", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
+        idx.write_idx(directory / f"{split}-labels-idx1-ubyte{ext}", rng.integers(0, 10, n, dtype=np.uint8))
+
+
+def test_digits_is_embedded_with_a_fixed_split():
+    train, test = data.load("digits", "train"), data.load("digits", "test")
+    assert len(train) + len(test) == 1797 and len(test) == data.DIGITS_TEST_SIZE
+    assert train.spec == DataSpec("levels", (1, 8, 8), levels=17)
+    assert int(train.x.max()) == 16 and train.x.dtype == torch.uint8
+    assert torch.equal(data.load("digits", "test").x, test.x)
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_idx_round_trip_and_directory(tmp_path, rng, gz):
+    write_mnist_like(tmp_path, rng, gz=gz)
+    train, heldout = data.load_for_training(str(tmp_path))
+    assert train.x.shape == (30, 1, 28, 28) and heldout.x.shape == (10, 1, 28, 28)
+    assert train.spec.levels == 256 and train.labels is not None
+    ext = ".gz" if gz else ""
+    raw = idx.read_idx(tmp_path / f"train-images-idx3-ubyte{ext}")
+    assert np.array_equal(train.x[:, 0].numpy(), raw)
+
+
+def test_idx_errors_name_the_file(tmp_path):
+    bad = tmp_path / "train-images-idx3-ubyte"
+    bad.write_bytes(b"\x00\x00\x08\x03" + (5).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2 + b"\x00" * 100)
+    with pytest.raises(DataError, match="train-images-idx3-ubyte: IDX header says shape"):
+        idx.read_idx(bad)
+    bad.write_bytes(b"PK\x03\x04 not idx")
+    with pytest.raises(DataError, match="bad magic"):
+        idx.read_idx(bad)
+    gz = tmp_path / "x-idx3-ubyte.gz"
+    gz.write_bytes(gzip.compress(b"\x00\x00\x08\x03" + b"\x00" * 40)[:-9])
+    with pytest.raises(DataError, match="x-idx3-ubyte.gz"):
+        idx.read_idx(gz)
+
+
+def test_named_set_search_order_and_not_found_message(tmp_path, rng, monkeypatch):
+    monkeypatch.setenv("VAEKIT_DATA", str(tmp_path / "env"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(idx, "SYSTEM_DIR", tmp_path / "system")
+    with pytest.raises(DataError, match=r"mnist not found; looked in .*env.*system.*--download"):
+        data.load("mnist", "train")
+    (tmp_path / "env" / "mnist").mkdir(parents=True)
+    write_mnist_like(tmp_path / "env" / "mnist", rng)
+    assert len(data.load("mnist", "train")) == 30
+    own = tmp_path / "own"
+    own.mkdir()
+    write_mnist_like(own, rng, n_train=7)
+    assert len(data.load("mnist", "train", data_dir=own)) == 7  # --data-dir comes first
+    assert data.load("mnist", "train").label_names == [str(i) for i in range(10)]
+
+
+def test_download_fetches_the_four_files(tmp_path, rng, monkeypatch):
+    server = tmp_path / "server"
+    server.mkdir()
+    write_mnist_like(server, rng, n_train=12)
+    monkeypatch.setitem(idx.DOWNLOAD_URLS, "fashion-mnist", server.as_uri() + "/")
+    ds = data.load("fashion-mnist", "train", data_dir=tmp_path / "data", download=True)
+    assert len(ds) == 12 and ds.label_names[0] == "T-shirt/top"
+    assert sorted(p.name for p in (tmp_path / "data" / "fashion-mnist").iterdir()) == sorted(
+        p.name for p in server.iterdir()
+    )
+    monkeypatch.setitem(idx.DOWNLOAD_URLS, "mnist", (tmp_path / "nowhere").as_uri() + "/")
+    with pytest.raises(DataError, match="could not download"):
+        data.load("mnist", "train", data_dir=tmp_path / "other", download=True)
+    assert not any((tmp_path / "other" / "mnist").glob("*.gz"))  # nothing half-written
+
+
+def save_png(path, array):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def test_image_folder_with_classes_and_resizing(tmp_path, rng):
+    for cls in ("cat", "dog"):
+        for i in range(3):
+            save_png(tmp_path / cls / f"{i}.png", rng.integers(0, 256, (10, 12), dtype=np.uint8))
+    ds = data.load(str(tmp_path))
+    assert ds.x.shape == (6, 1, 10, 12) and ds.label_names == ["cat", "dog"]
+    assert ds.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    small = data.load(str(tmp_path), size=(5, 6))
+    assert small.x.shape == (6, 1, 5, 6)
+    rgb_spec = DataSpec("levels", (3, 8, 8), levels=256)
+    assert data.load(str(tmp_path), spec=rgb_spec).x.shape == (6, 3, 8, 8)
+
+
+def test_image_folder_rgb_is_kept(tmp_path, rng):
+    save_png(tmp_path / "a.png", rng.integers(0, 256, (6, 6, 3), dtype=np.uint8))
+    save_png(tmp_path / "b.png", rng.integers(0, 256, (6, 6), dtype=np.uint8))
+    assert data.load(str(tmp_path)).x.shape == (2, 3, 6, 6)
+
+
+def test_image_folder_errors(tmp_path, rng):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="empty: the folder holds no image files"):
+        data.load(str(tmp_path / "empty"))
+    save_png(tmp_path / "mixed" / "a.png", rng.integers(0, 256, (8, 8), dtype=np.uint8))
+    save_png(tmp_path / "mixed" / "b.png", rng.integers(0, 256, (9, 8), dtype=np.uint8))
+    with pytest.raises(DataError, match=r"mixed sizes .*--size"):
+        data.load(str(tmp_path / "mixed"))
+    save_png(tmp_path / "junk" / "a.png", rng.integers(0, 256, (8, 8), dtype=np.uint8))
+    (tmp_path / "junk" / "notes.txt").write_text("not an image")
+    with pytest.raises(DataError, match=r"notes.txt: not an image"):
+        data.load(str(tmp_path / "junk"))
+    (tmp_path / "broken").mkdir()
+    good = tmp_path / "broken" / "a.png"
+    save_png(good, rng.integers(0, 256, (8, 8), dtype=np.uint8))
+    (tmp_path / "broken" / "b.png").write_bytes(good.read_bytes()[:33] + b"garbage" * 10)
+    with pytest.raises(DataError, match=r"b.png: unreadable image"):
+        data.load(str(tmp_path / "broken"))
+
+
+def test_npy_integer_images_keep_their_levels(tmp_path, rng):
+    np.save(tmp_path / "x.npy", rng.integers(0, 17, (20, 8, 8)))
+    ds = data.load(str(tmp_path / "x.npy"))
+    assert ds.spec == DataSpec("levels", (1, 8, 8), levels=17)
+    with pytest.raises(DataError, match="no test split"):
+        data.load(str(tmp_path / "x.npy"), "test")
+
+
+def test_npz_with_labels_and_tabular_standardisation(tmp_path, rng):
+    x = rng.normal(5.0, 3.0, (200, 4))
+    np.savez(tmp_path / "t.npz", x=x, y=rng.integers(0, 3, 200))
+    train, heldout = data.load_for_training(str(tmp_path / "t.npz"), heldout_fraction=0.25, seed=1)
+    assert len(train) == 150 and len(heldout) == 50 and train.spec.kind == "real"
+    assert torch.allclose(train.x.mean(0), torch.zeros(4), atol=1e-5)  # statistics of the training part
+    assert torch.allclose(train.x.std(0), torch.ones(4), atol=1e-3)
+    again = data.load(str(tmp_path / "t.npz"), spec=train.spec)  # new input read through the run's spec
+    expected = (torch.from_numpy(x) - torch.tensor(train.spec.mean)) / torch.tensor(train.spec.std)
+    assert torch.allclose(again.x, expected.float(), atol=1e-5)
+
+
+def test_csv_with_header_and_label_column(tmp_path):
+    (tmp_path / "d.csv").write_text("a,b,kind\n1,2,x\n3,4,y\n5,6,x\n")
+    ds = data.load(str(tmp_path / "d.csv"), label="kind")
+    assert ds.spec.shape == (2,) and ds.labels.tolist() == [0, 1, 0]
+    with pytest.raises(DataError, match=r"column 'kind' is not numeric \(value 'x'\)"):
+        data.load(str(tmp_path / "d.csv"))
+    with pytest.raises(DataError, match="no column named 'nope'"):
+        data.load(str(tmp_path / "d.csv"), label="nope")
+
+
+def test_array_errors(tmp_path):
+    x = np.ones((5, 3))
+    x[2, 1] = np.nan
+    np.save(tmp_path / "nan.npy", x)
+    with pytest.raises(DataError, match=r"nan.npy: value nan \(NaN/inf\) at item 2"):
+        data.load(str(tmp_path / "nan.npy"))
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(DataError, match="obj.npy: cannot read without unpickling"):
+        data.load(str(tmp_path / "obj.npy"))
+    with pytest.raises(DataError, match="missing.npy: no such file"):
+        data.load(str(tmp_path / "missing.npy"))
+    (tmp_path / "x.txt").write_text("1,2")
+    with pytest.raises(DataError, match="unknown kind of file"):
+        data.load(str(tmp_path / "x.txt"))
+    np.save(tmp_path / "big.npy", np.full((3, 8, 8), 40))
+    with pytest.raises(DataError, match=r"values must be integer levels 0..16, found 40"):
+        data.load(str(tmp_path / "big.npy"), spec=DataSpec("levels", (1, 8, 8), levels=17))
+    np.save(tmp_path / "shape.npy", np.zeros((3, 7, 7), dtype=np.uint8))
+    with pytest.raises(DataError, match=r"items have shape \(1, 7, 7\), the model expects \(1, 8, 8\)"):
+        data.load(str(tmp_path / "shape.npy"), spec=DataSpec("levels", (1, 8, 8), levels=17))
+
+
+def test_eight_bit_input_is_requantised_to_the_specs_levels(tmp_path):
+    np.save(tmp_path / "img.npy", np.full((2, 8, 8), 255, dtype=np.uint8))
+    ds = data.load(str(tmp_path / "img.npy"), spec=DataSpec("levels", (1, 8, 8), levels=17))
+    assert int(ds.x.max()) == 16

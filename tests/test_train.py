@@ -1,0 +1,128 @@
+"""Training: determinism, resume, early stopping, KL options, failure on NaN, the run folder."""
+
+import csv
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import vaekit
+from vaekit import trainer as train_module
+from vaekit.errors import OptionError
+from vaekit.models import VAE
+
+TINY = dict(hidden=(16,), latent_dim=2, quiet=True)
+
+
+def weights(run_dir, name="model.safetensors"):
+    return load_file(str(run_dir / name))
+
+
+def test_same_seed_same_model(tmp_path):
+    a = vaekit.train("digits", tmp_path / "a", epochs=2, seed=3, **TINY)
+    b = vaekit.train("digits", tmp_path / "b", epochs=2, seed=3, **TINY)
+    c = vaekit.train("digits", tmp_path / "c", epochs=2, seed=4, **TINY)
+    wa, wb, wc = weights(a.run_dir), weights(b.run_dir), weights(c.run_dir)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert not all(torch.equal(wa[k], wc[k]) for k in wa)
+
+
+def test_run_folder_contents_and_metrics(tiny_run):
+    names = {p.name for p in tiny_run.run_dir.iterdir()}
+    expected = {"config.json", "model.safetensors", "metrics.csv", "samples.png", "reconstructions.png"}
+    assert expected | {"interpolations.png", "loss.png", "latents.png", "checkpoint.safetensors"} <= names
+    with open(tiny_run.run_dir / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    for r in rows:
+        assert float(r["train_neg_elbo"]) == pytest.approx(float(r["train_reconstruction"]) + float(r["train_kl"]))
+        bpd = float(r["heldout_neg_elbo"]) / (64 * 0.6931471805599453)
+        assert float(r["heldout_bits_per_dim"]) == pytest.approx(bpd)
+    config = json.loads((tiny_run.run_dir / "config.json").read_text())
+    assert config["model"]["spec"] == {"kind": "levels", "shape": [1, 8, 8], "levels": 17, "mean": None, "std": None}
+    assert config["data"]["source"] == "digits" and config["training"]["epochs"] == 2
+
+
+def test_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch):
+    full = vaekit.train("digits", tmp_path / "full", epochs=4, **TINY)
+    original_end = train_module.Trainer._end_epoch
+
+    def crash_after_two(self, row):
+        original_end(self, row)
+        if self.epoch == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module.Trainer, "_end_epoch", crash_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        vaekit.train("digits", tmp_path / "cut", epochs=4, **TINY)
+    vaekit.load(tmp_path / "cut")  # loadable while interrupted
+    monkeypatch.setattr(train_module.Trainer, "_end_epoch", original_end)
+    resumed = vaekit.resume(tmp_path / "cut", quiet=True)
+    assert len(resumed.metrics) == 4
+    a, b = weights(full.run_dir, "checkpoint.safetensors"), weights(resumed.run_dir, "checkpoint.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [m["heldout_neg_elbo"] for m in full.metrics] == [m["heldout_neg_elbo"] for m in resumed.metrics]
+
+
+def test_early_stopping_keeps_the_best_epoch(tmp_path):
+    run = vaekit.train("digits", tmp_path / "r", epochs=50, lr=1e-12, patience=2, **TINY)
+    assert len(run.metrics) < 50
+    best = min(run.metrics, key=lambda m: m["heldout_neg_elbo"])
+    assert run.metrics[-1]["epoch"] - best["epoch"] == 2
+
+
+def test_warmup_ramps_beta_and_free_bits_keeps_kl_up(tmp_path):
+    run = vaekit.train("digits", tmp_path / "w", epochs=3, warmup_epochs=2, **TINY)
+    betas = [m["beta"] for m in run.metrics]
+    assert betas[0] == pytest.approx(0.5, abs=0.05) and betas[1] == betas[2] == 1.0
+    plain = vaekit.train("digits", tmp_path / "p", epochs=3, beta=4.0, **TINY)
+    floored = vaekit.train("digits", tmp_path / "f", epochs=3, beta=4.0, free_bits=2.0, **TINY)
+    kl_plain, kl_floored = plain.metrics[-1]["heldout_kl"], floored.metrics[-1]["heldout_kl"]
+    assert kl_floored > 4 * kl_plain and kl_floored > kl_plain + 0.3  # beta=4 collapses q(z|x) without the floor
+
+
+def test_dynamic_and_static_binarisation_train_a_bernoulli_model(tmp_path):
+    for mode in ("static", "dynamic"):
+        run = vaekit.train("digits", tmp_path / mode, epochs=2, binarize=mode, **TINY)
+        assert run.model.config.likelihood == "bernoulli"
+        assert run.metrics[-1]["heldout_neg_elbo"] < 64 * 0.6931471805599453  # beats a fair coin per pixel
+
+
+def test_nan_loss_stops_with_epoch_and_step(tmp_path, monkeypatch):
+    original = VAE.elbo
+    calls = {"n": 0}
+
+    def poisoned(self, x):
+        result = original(self, x)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            result.reconstruction = result.reconstruction * float("nan")
+        return result
+
+    monkeypatch.setattr(VAE, "elbo", poisoned)
+    with pytest.raises(train_module.TrainingError, match="the loss became nan at epoch 1, step 3"):
+        vaekit.train("digits", tmp_path / "n", epochs=1, **TINY)
+
+
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        (dict(lr=-1.0), "learning rate must be > 0"),
+        (dict(batch_size=0), "batch size must be >= 1"),
+        (dict(beta=-1.0), "beta must be >= 0"),
+        (dict(binarize="sometimes"), "binarize must be static or dynamic"),
+        (dict(heldout_fraction=1.5), "held-out fraction"),
+    ],
+)
+def test_bad_options_are_refused_before_any_output(tmp_path, options, message):
+    with pytest.raises(OptionError, match=message):
+        vaekit.train("digits", tmp_path / "x", epochs=1, **TINY, **options)
+    assert not (tmp_path / "x").exists()
+
+
+def test_an_existing_run_is_not_overwritten(tiny_run):
+    before = (tiny_run.run_dir / "model.safetensors").read_bytes()
+    with pytest.raises(OptionError, match="already holds a run"):
+        vaekit.train("digits", tiny_run.run_dir, epochs=1, **TINY)
+    assert (tiny_run.run_dir / "model.safetensors").read_bytes() == before

@@ -1,0 +1,357 @@
+"""The `vaekit` command: parses arguments and calls the library; user errors print one line, exit 1."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import vaekit
+from vaekit import data as vdata
+from vaekit import io as model_io
+from vaekit import latent, report
+from vaekit._atomic import atomic_path, write_text
+from vaekit.errors import OptionError, VaekitError
+from vaekit.evaluate import encode_means, evaluate
+from vaekit.models import ARCHS, LIKELIHOODS, VAE
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except VaekitError as e:
+        print(f"vaekit: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("vaekit: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+# --- argument types -------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _size(text: str) -> tuple[int, int]:
+    parts = text.lower().split("x")
+    try:
+        h, w = (int(parts[0]), int(parts[0])) if len(parts) == 1 else (int(parts[0]), int(parts[1]))
+    except (ValueError, IndexError):
+        raise argparse.ArgumentTypeError(f"expected HxW (e.g. 28x28) or one number, got {text!r}") from None
+    if h < 1 or w < 1 or len(parts) > 2:
+        raise argparse.ArgumentTypeError(f"expected a positive HxW, got {text!r}")
+    return h, w
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+# --- parser ------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vaekit", description="Variational Autoencoders on PyTorch.")
+    parser.add_argument("--version", action="version", version=f"vaekit {vaekit.__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str, example: str, func) -> argparse.ArgumentParser:
+        p = commands.add_parser(
+            name, help=help, description=help, epilog=f"example:\n  {example}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )  # fmt: skip
+        p.set_defaults(func=func)
+        return p
+
+    p = command("train", "Train a VAE and write a run folder.", "vaekit train --data fashion-mnist --epochs 20", _train)
+    _add_data_options(p, default_data="digits")
+    p.add_argument("--out", help="run folder to create (default: a new folder under runs/)")
+    p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last checkpoint")
+    p.add_argument("--heldout", type=float, default=0.1, help="held-out fraction when the source has no test split")
+    p.add_argument("--likelihood", choices=LIKELIHOODS, help="default: fits the data (discretized_logistic for levels)")
+    p.add_argument("--binarize", choices=("static", "dynamic"), help="binarise images and use a Bernoulli likelihood")
+    p.add_argument("--arch", choices=ARCHS, default="mlp", help="encoder/decoder family (default: mlp)")
+    p.add_argument("--latent", type=_positive_int, help="latent size (default: by data size)")
+    p.add_argument("--hidden", type=_int_list, help="hidden layer sizes, e.g. 512,256")
+    p.add_argument("--epochs", type=_positive_int, help="default: about 3000 optimiser steps, at least 10 epochs")
+    p.add_argument("--batch-size", type=_positive_int, default=128)
+    p.add_argument("--lr", type=_finite_float, default=1e-3, help="Adam learning rate")
+    p.add_argument("--beta", type=_finite_float, default=1.0, help="KL weight (beta-VAE)")
+    p.add_argument("--warmup", type=_finite_float, default=0.0, help="KL warm-up epochs (linear from 0 to beta)")
+    p.add_argument("--free-bits", type=_finite_float, default=0.0, help="nats per latent dimension left unpenalised")
+    p.add_argument("--clip-grad", type=_finite_float, help="clip the gradient norm to this value")
+    p.add_argument(
+        "--patience", type=int, default=20, help="stop after this many epochs without held-out gain (0: never)"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = command(
+        "sample",
+        "Generate new items from the prior.",
+        "vaekit sample runs/digits -n 64 --temperature 0.7 -o samples.png",
+        _sample,
+    )
+    p.add_argument("run")
+    p.add_argument("-n", type=_positive_int, default=64, help="how many items")
+    p.add_argument(
+        "--temperature", type=_finite_float, default=1.0, help="scales the prior's stddev: lower, less diverse"
+    )
+    p.add_argument("--draw", action="store_true", help="draw x from p(x|z) instead of showing its mean")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-o", "--output", required=True, help=".png (a grid) or .npy (values in data units)")
+
+    p = command(
+        "reconstruct",
+        "Encode and decode items: originals above, reconstructions below.",
+        "vaekit reconstruct runs/digits --data digits -o recon.png",
+        _reconstruct,
+    )
+    _add_run_data_options(p)
+    p.add_argument("-n", type=_positive_int, default=16, help="how many items (from the start of the data)")
+    p.add_argument("-o", "--output", required=True, help=".png or .npy")
+
+    p = command(
+        "interpolate",
+        "Decode a path between the latents of two items.",
+        "vaekit interpolate runs/digits --data digits --from 0 --to 1 --steps 10 --slerp -o path.png",
+        _interpolate,
+    )
+    _add_run_data_options(p)
+    p.add_argument("--from", dest="start", type=int, required=True, help="index of the first item")
+    p.add_argument("--to", dest="end", type=int, required=True, help="index of the second item")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--slerp", action="store_true", help="spherical instead of linear interpolation")
+    p.add_argument("-o", "--output", required=True, help=".png or .npy")
+
+    p = command(
+        "traverse",
+        "Vary one latent dimension at a time around an item's latent.",
+        "vaekit traverse runs/digits --data digits --index 0 --dims 0,1,2 --range 3 -o traverse.png",
+        _traverse,
+    )
+    _add_run_data_options(p)
+    p.add_argument("--index", type=int, default=0, help="the item whose latent is the centre")
+    p.add_argument("--dims", type=_int_list, help="latent dimensions (default: all)")
+    p.add_argument(
+        "--range", dest="extent", type=_finite_float, default=3.0, help="from -RANGE to +RANGE prior stddevs"
+    )
+    p.add_argument("--steps", type=int, default=9)
+    p.add_argument("-o", "--output", required=True, help=".png or .npy")
+
+    p = command(
+        "encode",
+        "Write posterior means (features) of items.",
+        "vaekit encode runs/digits --data digits -o latents.csv --logvar --labels",
+        _encode,
+    )
+    _add_run_data_options(p)
+    p.add_argument("--logvar", action="store_true", help="also write the posterior log-variances")
+    p.add_argument("--labels", action="store_true", help="also write the labels, where the data has them")
+    p.add_argument("-o", "--output", required=True, help=".npy, .npz or .csv")
+
+    p = command(
+        "evaluate",
+        "Report -ELBO, bits/dim, active units and a linear probe.",
+        "vaekit evaluate runs/digits --data digits -o metrics.json",
+        _evaluate,
+    )
+    _add_run_data_options(p)
+    p.add_argument("--no-probe", action="store_true", help="skip the logistic-regression probe")
+    p.add_argument("-o", "--output", help="write the metrics as JSON")
+    return parser
+
+
+def _add_data_options(p: argparse.ArgumentParser, default_data: str | None) -> None:
+    p.add_argument(
+        "--data",
+        default=default_data,
+        help="digits, mnist, fashion-mnist, a folder or an .npy/.npz/.csv/IDX file "
+        f"(default: {default_data or 'the run’s own data'})",
+    )
+    p.add_argument("--data-dir", help="where to look for mnist / fashion-mnist (also $VAEKIT_DATA)")
+    p.add_argument("--download", action="store_true", help="download mnist / fashion-mnist (needs the internet)")
+    p.add_argument("--size", type=_size, help="resize images to HxW")
+    p.add_argument("--label", help="the label column of a .csv (or label array of an .npz)")
+
+
+def _add_run_data_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="a run folder written by vaekit train")
+    _add_data_options(p, default_data=None)
+    p.add_argument(
+        "--split",
+        choices=("auto", "train", "test", "all"),
+        default="auto",
+        help="default: test where the source has one, else all",
+    )
+
+
+# --- commands ----------------------------------------------------------------------
+
+
+def _train(args: argparse.Namespace) -> None:
+    if args.resume:
+        run = vaekit.resume(args.resume, quiet=args.quiet)
+    else:
+        run = vaekit.train(
+            args.data, args.out, likelihood=args.likelihood, arch=args.arch, latent_dim=args.latent,
+            hidden=args.hidden, data_dir=args.data_dir, download=args.download, size=args.size, label=args.label,
+            heldout_fraction=args.heldout, quiet=args.quiet, epochs=args.epochs, batch_size=args.batch_size,
+            lr=args.lr, beta=args.beta, warmup_epochs=args.warmup, free_bits=args.free_bits,
+            clip_grad=args.clip_grad, patience=args.patience or None, binarize=args.binarize, seed=args.seed,
+        )  # fmt: skip
+    best = min(run.metrics, key=lambda m: m["heldout_neg_elbo"])
+    print(
+        f"{run.run_dir}: best held-out -ELBO {best['heldout_neg_elbo']:.2f} nats "
+        f"({best['heldout_bits_per_dim']:.4f} bits/dim) at epoch {int(best['epoch'])} "
+        f"of {int(run.metrics[-1]['epoch'])}, {run.metrics[-1]['seconds']:.1f} s of training"
+    )
+
+
+def _load_run(args) -> tuple[VAE, vdata.Dataset | None]:
+    """The model, and the data named by --data (default: the run's own source) read through its spec."""
+    model = vaekit.load(args.run)
+    if not hasattr(args, "split"):
+        return model, None
+    recorded = model_io.read_config(args.run).get("data", {})
+    source = args.data or recorded.get("source")
+    if source is None:
+        raise OptionError(f"{args.run}: the run records no data source; give --data")
+    same_source = source == recorded.get("source")
+    data_dir = args.data_dir or (recorded.get("data_dir") if same_source else None)
+    label = args.label or (recorded.get("label") if same_source else None)
+    dataset = vdata.load(
+        source, args.split, spec=model.spec, data_dir=data_dir, download=args.download, size=args.size, label=label
+    )
+    return model, dataset
+
+
+def _check_suffix(path: str, allowed: tuple[str, ...]) -> str:
+    suffix = Path(path).suffix.lower()
+    if suffix not in allowed:
+        raise OptionError(f"{path}: output must end in {' or '.join(allowed)}")
+    return suffix
+
+
+def _write_items(path: str, model: VAE, items: torch.Tensor, ncols: int) -> None:
+    """A PNG grid of items (model space), or an .npy of them in the source's units."""
+    suffix = _check_suffix(path, (".png", ".npy"))
+    if suffix == ".png":
+        if not model.spec.is_image:
+            raise OptionError(f"{path}: this model's data are not images; write .npy instead")
+        report.save_grid(path, model.spec.to_unit(items), ncols)
+    else:
+        with atomic_path(path) as tmp:
+            np.save(tmp, model.spec.to_data_units(items).numpy())
+    print(f"wrote {path}")
+
+
+def _sample(args) -> None:
+    _check_suffix(args.output, (".png", ".npy"))
+    model, _ = _load_run(args)
+    gen = torch.Generator().manual_seed(args.seed)
+    items = model.sample(args.n, args.temperature, mean=not args.draw, generator=gen)
+    _write_items(args.output, model, items, ncols=math.ceil(math.sqrt(args.n)))
+
+
+def _reconstruct(args) -> None:
+    _check_suffix(args.output, (".png", ".npy"))
+    model, dataset = _load_run(args)
+    x = model.prepare(dataset.x[: args.n], torch.Generator().manual_seed(0))
+    recon = model.reconstruct(x)
+    if Path(args.output).suffix.lower() == ".npy":
+        _write_items(args.output, model, recon, len(x))
+    else:
+        _write_items(args.output, model, torch.cat([x, recon]), len(x))
+
+
+def _item(model: VAE, dataset: vdata.Dataset, index: int) -> torch.Tensor:
+    return model.prepare(dataset.item(index).unsqueeze(0), torch.Generator().manual_seed(0))[0]
+
+
+def _interpolate(args) -> None:
+    _check_suffix(args.output, (".png", ".npy"))
+    model, dataset = _load_run(args)
+    x0, x1 = _item(model, dataset, args.start), _item(model, dataset, args.end)
+    path = latent.interpolate(model, x0, x1, args.steps, spherical=args.slerp)
+    _write_items(args.output, model, path, ncols=args.steps)
+
+
+def _traverse(args) -> None:
+    _check_suffix(args.output, (".png", ".npy"))
+    model, dataset = _load_run(args)
+    dims = list(args.dims) if args.dims else list(range(model.latent_dim))
+    grid = latent.traverse(model, _item(model, dataset, args.index), dims, args.extent, args.steps)
+    _write_items(args.output, model, grid.flatten(0, 1), ncols=args.steps)
+
+
+def _encode(args) -> None:
+    suffix = _check_suffix(args.output, (".npy", ".npz", ".csv"))
+    model, dataset = _load_run(args)
+    mean, logvar = encode_means(model, model.prepare(dataset.x, torch.Generator().manual_seed(0)))
+    columns = {"mean": mean.numpy()}
+    if args.logvar:
+        columns["logvar"] = logvar.numpy()
+    if args.labels:
+        if dataset.labels is None:
+            raise OptionError(f"{dataset.source}: the data have no labels to write")
+        columns["labels"] = dataset.labels.numpy()
+    with atomic_path(args.output) as tmp:
+        if suffix == ".npz":
+            np.savez(tmp, **columns)
+        elif suffix == ".npy":
+            np.save(tmp, np.column_stack([v.astype(np.float32) for v in columns.values()]))
+        else:
+            header = [f"z{i}" for i in range(model.latent_dim)]
+            header += [f"logvar{i}" for i in range(model.latent_dim)] if args.logvar else []
+            header += ["label"] if args.labels else []
+            fmt = ["%.6g"] * (len(header) - args.labels) + ["%d"] * args.labels
+            table = np.column_stack(list(columns.values()))
+            np.savetxt(tmp, table, delimiter=",", header=",".join(header), comments="", fmt=fmt)
+    print(f"wrote {args.output}: {len(mean)} items x {model.latent_dim} latent dimensions")
+
+
+def _evaluate(args) -> None:
+    if args.output:
+        _check_suffix(args.output, (".json",))
+    model, dataset = _load_run(args)
+    result = {
+        "run": str(args.run),
+        "data": dataset.source,
+        "split": args.split,
+        **evaluate(model, dataset, probe=not args.no_probe),
+    }
+    width = max(len(k) for k in result)
+    for key, value in result.items():
+        shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+        print(f"{key:<{width}}  {shown}")
+    if args.output:
+        write_text(args.output, json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

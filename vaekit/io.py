@@ -1,0 +1,125 @@
+"""A trained model is a folder: config.json (plain data) + model.safetensors (weights). Never pickle.
+
+The training checkpoint (checkpoint.safetensors + checkpoint.json) lives in the same folder and
+holds what resuming needs: weights, optimizer moments and random-number-generator states.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import safetensors
+import torch
+from safetensors.torch import load_file, save_file
+
+from vaekit import __version__
+from vaekit._atomic import atomic_path, write_text
+from vaekit.errors import ModelFileError
+from vaekit.models import VAE, ModelConfig
+
+CONFIG, WEIGHTS = "config.json", "model.safetensors"
+CHECKPOINT, CHECKPOINT_STATE = "checkpoint.safetensors", "checkpoint.json"
+FORMAT = "vaekit-run"
+
+
+def save_config(run_dir: str | os.PathLike, model: VAE, **sections: Any) -> None:
+    """Write config.json: the model's architecture and data spec, plus any further sections (training, data)."""
+    config = {"format": FORMAT, "vaekit_version": __version__, "model": model.config.to_dict(), **sections}
+    write_text(Path(run_dir) / CONFIG, json.dumps(config, indent=2) + "\n")
+
+
+def save_weights(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None):
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+
+
+def read_config(run_dir: str | os.PathLike) -> dict[str, Any]:
+    run_dir = Path(run_dir)
+    path = run_dir / CONFIG
+    if not run_dir.is_dir():
+        raise ModelFileError(f"{run_dir}: no such run folder")
+    if not path.is_file():
+        raise ModelFileError(f"{run_dir}: not a vaekit run folder (no {CONFIG})")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelFileError(f"{path}: corrupt JSON ({e})") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise ModelFileError(f"{path}: not a vaekit run configuration")
+    return config
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise ModelFileError(f"{path}: missing")
+    try:
+        return load_file(str(path))
+    except (safetensors.SafetensorError, OSError, ValueError) as e:
+        raise ModelFileError(f"{path}: corrupt safetensors file ({e})") from None
+
+
+def load(run_dir: str | os.PathLike) -> VAE:
+    """Rebuild a trained model from its run folder, in evaluation mode."""
+    config = read_config(run_dir)
+    try:
+        model = VAE(ModelConfig.from_dict(config["model"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelFileError(f"{Path(run_dir) / CONFIG}: invalid model section ({e})") from None
+    load_state(model, read_weights(Path(run_dir) / WEIGHTS), Path(run_dir) / WEIGHTS)
+    return model.eval()
+
+
+def load_state(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Copy weights into `model`, naming the first tensor that is missing, extra or of another shape."""
+    expected = model.state_dict()
+    for name, value in expected.items():
+        if name not in tensors:
+            raise ModelFileError(f"{path}: weights do not match the config (no tensor {name!r})")
+        if tensors[name].shape != value.shape:
+            raise ModelFileError(
+                f"{path}: weights do not match the config ({name!r} has shape {tuple(tensors[name].shape)}, "
+                f"expected {tuple(value.shape)})"
+            )
+    extra = sorted(set(tensors) - set(expected))
+    if extra:
+        raise ModelFileError(f"{path}: weights do not match the config (unexpected tensor {extra[0]!r})")
+    model.load_state_dict(tensors)
+
+
+def save_checkpoint(
+    run_dir: Path, model: VAE, optimizer: torch.optim.Optimizer, rng: dict[str, torch.Tensor], state: dict[str, Any]
+) -> None:
+    """Weights, optimizer moments and RNG states as safetensors; counters as JSON. State is written last."""
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    opt = optimizer.state_dict()
+    for index, moments in opt["state"].items():
+        tensors.update({f"optim.{index}.{k}": torch.as_tensor(v) for k, v in moments.items()})
+    tensors.update({f"rng.{k}": v for k, v in rng.items()})
+    save_weights(run_dir / CHECKPOINT, tensors)
+    write_text(run_dir / CHECKPOINT_STATE, json.dumps({**state, "param_groups": opt["param_groups"]}, indent=2))
+
+
+def load_checkpoint(
+    run_dir: Path, model: VAE, optimizer: torch.optim.Optimizer
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Restore model and optimizer in place; return (RNG states, counters)."""
+    state_path = run_dir / CHECKPOINT_STATE
+    if not state_path.is_file():
+        raise ModelFileError(f"{run_dir}: no checkpoint to resume from ({CHECKPOINT_STATE} is missing)")
+    try:
+        state = json.loads(state_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelFileError(f"{state_path}: corrupt JSON ({e})") from None
+    tensors = read_weights(run_dir / CHECKPOINT)
+    load_state(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, run_dir / CHECKPOINT)
+    moments: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, index, name = key.split(".", 2)
+            moments.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": moments, "param_groups": state.pop("param_groups")})
+    rng = {k[4:]: v for k, v in tensors.items() if k.startswith("rng.")}
+    return rng, state

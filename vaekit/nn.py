@@ -1,0 +1,86 @@
+"""Building blocks: MLP and convolutional encoders/decoders, sized from the data shape.
+
+An encoder maps x (batch, *shape) to 2 * latent_dim numbers (mean and log-variance).
+A decoder maps z to `n_params` numbers per data element, shaped (batch, n_params, *shape).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import torch
+from torch import nn
+
+
+def _mlp(sizes: list[int]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class MLPEncoder(nn.Module):
+    def __init__(self, shape: tuple[int, ...], latent_dim: int, hidden: tuple[int, ...]):
+        super().__init__()
+        self.net = _mlp([math.prod(shape), *hidden, 2 * latent_dim])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.flatten(1))
+
+
+class MLPDecoder(nn.Module):
+    def __init__(self, shape: tuple[int, ...], latent_dim: int, hidden: tuple[int, ...], n_params: int):
+        super().__init__()
+        self.shape, self.n_params = shape, n_params
+        self.net = _mlp([latent_dim, *reversed(hidden), n_params * math.prod(shape)])
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z).view(-1, self.n_params, *self.shape)
+
+
+def downsamplings(height: int, width: int, most: int = 3) -> int:
+    """How many stride-2 halvings keep both sides whole and at least 4 pixels."""
+    n = 0
+    while n < most and height % 2 == 0 and width % 2 == 0 and height >= 8 and width >= 8:
+        height, width, n = height // 2, width // 2, n + 1
+    return n
+
+
+class ConvEncoder(nn.Module):
+    def __init__(self, shape: tuple[int, ...], latent_dim: int, hidden: tuple[int, ...], channels: int = 32):
+        super().__init__()
+        c, h, w = shape
+        n = downsamplings(h, w)
+        layers: list[nn.Module] = [nn.Conv2d(c, channels, 3, padding=1), nn.ReLU()]
+        for i in range(n):
+            layers += [nn.Conv2d(channels << i, channels << (i + 1), 4, stride=2, padding=1), nn.ReLU()]
+        self.conv = nn.Sequential(*layers, nn.Flatten())
+        flat = (channels << n) * (h >> n) * (w >> n)
+        self.head = _mlp([flat, *hidden, 2 * latent_dim])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.conv(x))
+
+
+class ConvDecoder(nn.Module):
+    def __init__(
+        self, shape: tuple[int, ...], latent_dim: int, hidden: tuple[int, ...], n_params: int, channels: int = 32
+    ):
+        super().__init__()
+        c, h, w = shape
+        n = downsamplings(h, w)
+        self.shape, self.n_params = shape, n_params
+        self.start = (channels << n, h >> n, w >> n)
+        self.head = _mlp([latent_dim, *reversed(hidden), math.prod(self.start)])
+        layers: list[nn.Module] = []
+        for i in reversed(range(n)):
+            layers += [nn.ReLU(), nn.ConvTranspose2d(channels << (i + 1), channels << i, 4, stride=2, padding=1)]
+        layers += [nn.ReLU(), nn.Conv2d(channels, c * n_params, 3, padding=1)]
+        self.conv = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        out = self.conv(self.head(z).view(-1, *self.start))
+        return out.view(-1, self.n_params, *self.shape)

@@ -1,0 +1,143 @@
+"""Training runs: a run folder is created, trained, checkpointed and filled with figures.
+
+This is what `vaekit train` and `vaekit.train(...)` call; it joins data, model, trainer, io and report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vaekit import io as model_io
+from vaekit import latent, report
+from vaekit.data import Dataset, load_for_training
+from vaekit.errors import OptionError
+from vaekit.evaluate import encode_means
+from vaekit.models import VAE, ModelConfig
+from vaekit.trainer import EVAL_SEED, TrainConfig, Trainer, read_metrics
+
+FIGURE_SEED = 0
+
+
+@dataclasses.dataclass
+class Run:
+    """A finished training run: the trained model (best held-out -ELBO), its folder and metrics."""
+
+    model: VAE
+    run_dir: Path
+    metrics: list[dict[str, float]]
+
+
+def train(
+    data: str = "digits",
+    out: str | os.PathLike | None = None,
+    *,
+    likelihood: str | None = None,
+    arch: str = "mlp",
+    latent_dim: int | None = None,
+    hidden: tuple[int, ...] | None = None,
+    data_dir: str | os.PathLike | None = None,
+    download: bool = False,
+    size: tuple[int, int] | None = None,
+    label: str | None = None,
+    heldout_fraction: float = 0.1,
+    quiet: bool = False,
+    **options: Any,
+) -> Run:
+    """Train a VAE on `data` and write the run folder `out` (default: a new folder under runs/).
+
+    `options` are TrainConfig fields: epochs, batch_size, lr, beta, warmup_epochs, free_bits,
+    clip_grad, patience, binarize, seed.
+    """
+    config = TrainConfig(**options)
+    config.validate()
+    if not 0 < heldout_fraction < 1:
+        raise OptionError(f"held-out fraction must lie in (0, 1), got {heldout_fraction}")
+    if config.binarize is not None:
+        likelihood = likelihood or "bernoulli"
+    data_args = {
+        "source": data,
+        "data_dir": None if data_dir is None else str(data_dir),
+        "size": None if size is None else list(size),
+        "label": label,
+        "heldout_fraction": heldout_fraction,
+    }
+    train_set, heldout = load_for_training(
+        data, heldout_fraction=heldout_fraction, seed=config.seed, data_dir=data_dir, download=download,
+        size=size, label=label,
+    )  # fmt: skip
+    if config.binarize is not None and train_set.spec.kind != "levels":
+        raise OptionError("--binarize needs image data with integer levels, not real-valued features")
+    run_dir = _new_run_dir(out, data)
+    torch.manual_seed(config.seed)
+    model = VAE(ModelConfig.for_data(train_set.spec, likelihood, arch, latent_dim, hidden))
+    trainer = Trainer(model, config, run_dir, quiet)
+    data_args.update(n_train=len(train_set), n_heldout=len(heldout), label_names=train_set.label_names)
+    model_io.save_config(run_dir, model, training=dataclasses.asdict(config), data=data_args)
+    return _finish(trainer, train_set, heldout)
+
+
+def resume(run_dir: str | os.PathLike, quiet: bool = False) -> Run:
+    """Continue an interrupted run from its last checkpoint, with its recorded options and data."""
+    run_dir = Path(run_dir)
+    config = model_io.read_config(run_dir)
+    data = config["data"]
+    train_set, heldout = load_for_training(
+        data["source"], heldout_fraction=data["heldout_fraction"], seed=config["training"]["seed"],
+        data_dir=data["data_dir"], size=data["size"] and tuple(data["size"]), label=data["label"],
+    )  # fmt: skip
+    model = VAE(ModelConfig.from_dict(config["model"]))
+    trainer = Trainer(model, TrainConfig(**config["training"]), run_dir, quiet)
+    trainer.restore_checkpoint()
+    return _finish(trainer, train_set, heldout)
+
+
+def _finish(trainer: Trainer, train_set: Dataset, heldout: Dataset) -> Run:
+    trainer.fit(train_set, heldout)
+    model = model_io.load(trainer.run_dir)  # the best epoch, as saved
+    metrics = read_metrics(trainer.run_dir)
+    write_figures(model, heldout, trainer.run_dir, metrics)
+    return Run(model, trainer.run_dir, metrics)
+
+
+def _new_run_dir(out: str | os.PathLike | None, source: str) -> Path:
+    if out is None:
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        name = re.sub(r"[^A-Za-z0-9_-]+", "-", Path(source).name).strip("-") or "data"
+        out = Path("runs") / f"{name}-{stamp}"
+    out = Path(out)
+    if (out / model_io.CONFIG).exists():
+        raise OptionError(f"{out} already holds a run; resume it with --resume or choose another --out")
+    if out.exists() and not out.is_dir():
+        raise OptionError(f"{out} exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+@torch.no_grad()
+def write_figures(model: VAE, heldout: Dataset, run_dir: Path, metrics: list[dict[str, float]]) -> None:
+    """samples.png, reconstructions.png, interpolations.png (image data), loss.png and latents.png."""
+    spec = model.spec
+    x = model.prepare(heldout.x, torch.Generator().manual_seed(EVAL_SEED))
+    if spec.is_image:
+        gen = torch.Generator().manual_seed(FIGURE_SEED)
+        report.save_grid(run_dir / "samples.png", spec.to_unit(model.sample(64, generator=gen)), ncols=8)
+        originals = x[:32]
+        pairs = torch.cat(
+            [originals.view(2, 16, *spec.shape), model.reconstruct(originals).view(2, 16, *spec.shape)], 1
+        )
+        report.save_grid(run_dir / "reconstructions.png", spec.to_unit(pairs.flatten(0, 1)), ncols=16)
+        n = min(8, len(x) // 2)
+        rows = [latent.interpolate(model, x[2 * i], x[2 * i + 1], steps=10) for i in range(n)]
+        report.save_grid(run_dir / "interpolations.png", spec.to_unit(torch.cat(rows)), ncols=10)
+    if metrics:
+        report.save_loss_plot(run_dir / "loss.png", metrics)
+    means, _ = encode_means(model, x)
+    labels = None if heldout.labels is None else heldout.labels.numpy()
+    report.save_latent_scatter(run_dir / "latents.png", means.numpy(), labels, heldout.label_names)
