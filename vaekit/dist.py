@@ -119,9 +119,12 @@ class DiscretizedLogistic:
 
     @property
     def mean(self) -> torch.Tensor:
-        """The expected level (exact, from the level probabilities)."""
-        levels = torch.arange(self.levels, device=self.loc.device, dtype=self.loc.dtype)
-        return self.probs() @ levels
+        """The expected level, exactly: E[k] = sum over k >= 1 of P(level >= k), one level at a time to save memory."""
+        inv_scale = torch.exp(-self.log_scale)
+        total = torch.zeros_like(self.loc)
+        for k in range(1, self.levels):
+            total += torch.sigmoid((self.loc - (k - 0.5) / (self.levels - 1)) * inv_scale)
+        return total
 
     def sample(self, generator=None) -> torch.Tensor:
         u = torch.rand(self.loc.shape, device=self.loc.device, dtype=self.loc.dtype, generator=generator)
