@@ -23,6 +23,14 @@ from pathlib import Path
 import torch
 
 
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def matmul_gflops(n: int = 1024, repeats: int = 5) -> float:
     a, b = torch.randn(n, n), torch.randn(n, n)
     for _ in range(3):
@@ -69,7 +77,7 @@ def main() -> None:
     if not args.skip_fashion:
         cases["fashion-mnist (default)"] = ["--data", "fashion-mnist"]
     result = {
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_name(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "matmul_gflops": matmul_gflops(),
