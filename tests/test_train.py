@@ -93,8 +93,8 @@ def test_nan_loss_stops_with_epoch_and_step(tmp_path, monkeypatch):
     original = VAE.elbo
     calls = {"n": 0}
 
-    def poisoned(self, x):
-        result = original(self, x)
+    def poisoned(self, x, noise=None):
+        result = original(self, x, noise)
         calls["n"] += 1
         if calls["n"] == 3:
             result.reconstruction = result.reconstruction * float("nan")

@@ -13,8 +13,8 @@ import torch
 
 import vaekit
 from vaekit import data as vdata
+from vaekit import distributed, latent, report
 from vaekit import io as model_io
-from vaekit import latent, report
 from vaekit._atomic import atomic_path, write_text
 from vaekit.errors import OptionError, VaekitError
 from vaekit.evaluate import encode_means, evaluate
@@ -23,7 +23,10 @@ from vaekit.models import ARCHS, LIKELIHOODS, VAE
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
+    if getattr(args, "nproc", 1) > 1 and distributed.world_size() == 1:
+        return distributed.launch(args.nproc, _without_nproc(argv))
     try:
         args.func(args)
     except VaekitError as e:
@@ -33,6 +36,18 @@ def main(argv: list[str] | None = None) -> int:
         print("vaekit: interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            kept.append(arg)
+    return kept
 
 
 # --- argument types -------------------------------------------------------------
@@ -107,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--patience", type=int, default=20, help="stop after this many epochs without held-out gain (0: never)"
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: cuda where there is one")
+    p.add_argument("--nproc", type=_positive_int, default=1, help="processes on this machine, launched with torchrun")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = command(
@@ -214,7 +231,7 @@ def _add_run_data_options(p: argparse.ArgumentParser) -> None:
 
 def _train(args: argparse.Namespace) -> None:
     if args.resume:
-        run = vaekit.resume(args.resume, quiet=args.quiet)
+        run = vaekit.resume(args.resume, quiet=args.quiet, device=args.device)
     else:
         run = vaekit.train(
             args.data, args.out, likelihood=args.likelihood, arch=args.arch, latent_dim=args.latent,
@@ -222,7 +239,10 @@ def _train(args: argparse.Namespace) -> None:
             heldout_fraction=args.heldout, quiet=args.quiet, epochs=args.epochs, batch_size=args.batch_size,
             lr=args.lr, beta=args.beta, warmup_epochs=args.warmup, free_bits=args.free_bits,
             clip_grad=args.clip_grad, patience=args.patience or None, binarize=args.binarize, seed=args.seed,
+            device=args.device,
         )  # fmt: skip
+    if not distributed.is_main():
+        return
     best = min(run.metrics, key=lambda m: m["heldout_neg_elbo"])
     print(
         f"{run.run_dir}: best held-out -ELBO {best['heldout_neg_elbo']:.2f} nats "

@@ -28,7 +28,7 @@ def evaluate(model: VAE, data: Dataset, probe: bool = True, seed: int = EVAL_SEE
     result: dict[str, float | int | str] = {"examples": len(data), "likelihood": model.config.likelihood}
     if model.config.likelihood == "bernoulli":
         result["binarization"] = f"static draw, seed {seed}"
-    elbo = evaluate_elbo(model, x)
+    elbo = evaluate_elbo(model, x, generator=torch.Generator().manual_seed(seed))
     result.update(elbo)
     result["bits_per_dim"] = elbo["neg_elbo"] / (model.spec.dim * math.log(2))
     means, _ = encode_means(model, x)

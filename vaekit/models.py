@@ -107,10 +107,13 @@ class VAE(nn.Module):
 
     def prepare(self, raw: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Stored values (a Dataset's `x`) to model space; Bernoulli models binarise with a draw from `generator`."""
-        x = raw.to(torch.float32)
         if self.config.likelihood == "bernoulli":
-            return torch.bernoulli(x / (self.spec.levels - 1), generator=generator)
-        return x
+            return self.binarize(raw, torch.rand(raw.shape, generator=generator, device=raw.device))
+        return raw.to(torch.float32)
+
+    def binarize(self, raw: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+        """Level k becomes 1 with probability k / (levels - 1), decided by `uniform` draws in [0, 1)."""
+        return (uniform * (self.spec.levels - 1) < raw).to(torch.float32)
 
     def _encoder_input(self, x: torch.Tensor) -> torch.Tensor:
         if self.config.likelihood == "discretized_logistic":
@@ -136,13 +139,17 @@ class VAE(nn.Module):
         p = next(self.parameters())
         return DiagonalGaussian.standard((self.latent_dim,), device=p.device, dtype=p.dtype)
 
-    def forward(self, x: torch.Tensor) -> ELBOResult:
-        return self.elbo(x)
+    def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> ELBOResult:
+        return self.elbo(x, noise)
 
-    def elbo(self, x: torch.Tensor) -> ELBOResult:
-        """The single-sample ELBO estimate per example, with the KL in closed form."""
+    def elbo(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> ELBOResult:
+        """The single-sample ELBO estimate per example, with the KL in closed form.
+
+        noise: the standard normal draws of the reparameterisation, shape (batch, latent_dim); fresh if None.
+        """
         posterior = self.encode(x)
-        reconstruction = self.decode(posterior.rsample()).log_prob(x)
+        z = posterior.rsample() if noise is None else posterior.mean + posterior.stddev * noise
+        reconstruction = self.decode(z).log_prob(x)
         return ELBOResult(reconstruction, posterior.kl_standard_normal_per_dim())
 
     @torch.no_grad()

@@ -14,13 +14,13 @@ from typing import Any
 
 import torch
 
+from vaekit import distributed, latent, report
 from vaekit import io as model_io
-from vaekit import latent, report
 from vaekit.data import Dataset, load_for_training
 from vaekit.errors import OptionError
 from vaekit.evaluate import encode_means
 from vaekit.models import VAE, ModelConfig
-from vaekit.trainer import EVAL_SEED, TrainConfig, Trainer, read_metrics
+from vaekit.trainer import EVAL_SEED, TrainConfig, Trainer, resolve_device
 
 FIGURE_SEED = 0
 
@@ -48,12 +48,13 @@ def train(
     label: str | None = None,
     heldout_fraction: float = 0.1,
     quiet: bool = False,
+    device: str = "auto",
     **options: Any,
 ) -> Run:
     """Train a VAE on `data` and write the run folder `out` (default: a new folder under runs/).
 
     `options` are TrainConfig fields: epochs, batch_size, lr, beta, warmup_epochs, free_bits,
-    clip_grad, patience, binarize, seed.
+    clip_grad, patience, binarize, seed. Under torchrun, every process calls this; rank 0 writes.
     """
     config = TrainConfig(**options)
     config.validate()
@@ -74,16 +75,19 @@ def train(
     )  # fmt: skip
     if config.binarize is not None and train_set.spec.kind != "levels":
         raise OptionError("--binarize needs image data with integer levels, not real-valued features")
-    run_dir = _new_run_dir(out, data)
     torch.manual_seed(config.seed)
     model = VAE(ModelConfig.for_data(train_set.spec, likelihood, arch, latent_dim, hidden))
-    trainer = Trainer(model, config, run_dir, quiet)
+    device = resolve_device(device)
+    distributed.setup(device)  # joins the process group under torchrun
+    run_dir = distributed.broadcast(_new_run_dir(out, data) if distributed.is_main() else None)
+    trainer = Trainer(model, config, run_dir, quiet, device)
     data_args.update(n_train=len(train_set), n_heldout=len(heldout), label_names=train_set.label_names)
-    model_io.save_config(run_dir, model, training=dataclasses.asdict(config), data=data_args)
+    if distributed.is_main():
+        model_io.save_config(run_dir, model, training=dataclasses.asdict(config), data=data_args)
     return _finish(trainer, train_set, heldout)
 
 
-def resume(run_dir: str | os.PathLike, quiet: bool = False) -> Run:
+def resume(run_dir: str | os.PathLike, quiet: bool = False, device: str = "auto") -> Run:
     """Continue an interrupted run from its last checkpoint, with its recorded options and data."""
     run_dir = Path(run_dir)
     config = model_io.read_config(run_dir)
@@ -93,15 +97,19 @@ def resume(run_dir: str | os.PathLike, quiet: bool = False) -> Run:
         data_dir=data["data_dir"], size=data["size"] and tuple(data["size"]), label=data["label"],
     )  # fmt: skip
     model = VAE(ModelConfig.from_dict(config["model"]))
-    trainer = Trainer(model, TrainConfig(**config["training"]), run_dir, quiet)
+    trainer = Trainer(model, TrainConfig(**config["training"]), run_dir, quiet, device)
     trainer.restore_checkpoint()
     return _finish(trainer, train_set, heldout)
 
 
 def _finish(trainer: Trainer, train_set: Dataset, heldout: Dataset) -> Run:
-    trainer.fit(train_set, heldout)
+    try:
+        metrics = trainer.fit(train_set, heldout)
+    finally:
+        distributed.teardown()
+    if not distributed.is_main():
+        return Run(trainer.model, trainer.run_dir, metrics)
     model = model_io.load(trainer.run_dir)  # the best epoch, as saved
-    metrics = read_metrics(trainer.run_dir)
     write_figures(model, heldout, trainer.run_dir, metrics)
     return Run(model, trainer.run_dir, metrics)
 

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from vaekit import distributed
 from vaekit import io as model_io
 from vaekit._atomic import write_text
 from vaekit.data import Dataset
@@ -74,34 +75,69 @@ class TrainConfig:
 
 
 @torch.no_grad()
-def evaluate_elbo(model: VAE, x: torch.Tensor, batch_size: int = 1000) -> dict[str, float]:
+def evaluate_elbo(
+    model: VAE, x: torch.Tensor, batch_size: int = 1000, generator: torch.Generator | None = None
+) -> dict[str, float]:
     """Mean -ELBO, reconstruction term and KL over model-space data `x`, in nats per example."""
-    was_training = model.training
-    model.eval()
-    totals = torch.zeros(3, dtype=torch.float64)
-    for start in range(0, len(x), batch_size):
-        r = model.elbo(x[start : start + batch_size])
-        totals += torch.stack([-r.elbo.sum(), -r.reconstruction.sum(), r.kl.sum()]).double()
-    model.train(was_training)
+    totals = _elbo_sums(model, x, None, batch_size, generator)
     neg_elbo, rec, kl = (totals / len(x)).tolist()
     return {"neg_elbo": neg_elbo, "reconstruction": rec, "kl": kl}
 
 
+def _elbo_sums(model, x, rows, batch_size, generator) -> torch.Tensor:
+    """Sums of -ELBO, -reconstruction and KL over x[rows] (all rows if None), in float64.
+
+    The reparameterisation noise is drawn for all of x and then sliced, so a shard of x sees the
+    same noise as it would in a single process.
+    """
+    was_training = model.training
+    model.eval()
+    noise = torch.randn(len(x), model.latent_dim, generator=generator, device=x.device)
+    if rows is not None:
+        x, noise = x[rows], noise[rows]
+    totals = torch.zeros(3, dtype=torch.float64, device=x.device)
+    for start in range(0, len(x), batch_size):
+        r = model.elbo(x[start : start + batch_size], noise[start : start + batch_size])
+        totals += torch.stack([-r.elbo.sum(), -r.reconstruction.sum(), r.kl.sum()]).double()
+    model.train(was_training)
+    return totals
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda"):
+        raise OptionError(f"unknown device {name!r}: use cpu, cuda or auto")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise OptionError("--device cuda was asked for, but PyTorch sees no CUDA device")
+    return torch.device(name)
+
+
 class Trainer:
-    def __init__(self, model: VAE, config: TrainConfig, run_dir: str | Path, quiet: bool = False):
+    """Runs the epochs; under torchrun each rank takes its share of every global batch (DDP)."""
+
+    def __init__(self, model: VAE, config: TrainConfig, run_dir: str | Path, quiet: bool = False, device="auto"):
         config.validate()
         if (config.binarize is not None) != (model.config.likelihood == "bernoulli"):
             raise OptionError("binarisation (--binarize) goes with the Bernoulli likelihood, and only with it")
-        self.model, self.config, self.run_dir, self.quiet = model, config, Path(run_dir), quiet
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-        self.generator = torch.Generator().manual_seed(config.seed)
+        self.device = resolve_device(device) if isinstance(device, str) else device
+        distributed.setup(self.device)
+        self.rank, self.world = distributed.rank(), distributed.world_size()
+        self.model, self.config, self.run_dir, self.quiet = model.to(self.device), config, Path(run_dir), quiet
+        self.ddp = model
+        if self.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        # fused Adam: one kernel for all parameters instead of a Python loop over them
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=True)
+        self.generator = torch.Generator(self.device).manual_seed(config.seed)  # same stream on every rank
         self.epoch, self.step, self.seconds = 0, 0, 0.0
         self.best, self.bad_epochs = math.inf, 0
         self.metrics: list[dict[str, float]] = []
 
     # --- state for resume -------------------------------------------------
     def save_checkpoint(self) -> None:
-        rng = {"torch": torch.get_rng_state(), "generator": self.generator.get_state()}
+        rng = {"generator": self.generator.get_state()}
         state = {"epoch": self.epoch, "step": self.step, "seconds": self.seconds, "best": self.best}
         model_io.save_checkpoint(
             self.run_dir, self.model, self.optimizer, rng, {**state, "bad_epochs": self.bad_epochs}
@@ -109,7 +145,6 @@ class Trainer:
 
     def restore_checkpoint(self) -> None:
         rng, state = model_io.load_checkpoint(self.run_dir, self.model, self.optimizer)
-        torch.set_rng_state(rng["torch"])
         self.generator.set_state(rng["generator"])
         self.epoch, self.step, self.seconds = state["epoch"], state["step"], state["seconds"]
         self.best, self.bad_epochs = state["best"], state["bad_epochs"]
@@ -122,67 +157,99 @@ class Trainer:
         epochs = cfg.epochs_for(len(train))
         steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
         warmup_steps = cfg.warmup_epochs * steps_per_epoch
-        eval_gen = torch.Generator().manual_seed(EVAL_SEED)
-        heldout_x = model.prepare(heldout.x, eval_gen)
-        static_x = model.prepare(train.x, torch.Generator().manual_seed(cfg.seed)) if cfg.binarize == "static" else None
+        train_x = train.x.to(self.device)  # moved once; uint8 where the data are levels
+        heldout_x = model.prepare(heldout.x, torch.Generator().manual_seed(EVAL_SEED)).to(self.device)
+        if cfg.binarize == "static":
+            train_x = model.prepare(train.x, torch.Generator().manual_seed(cfg.seed)).to(self.device)
         bar = tqdm(
-            total=epochs * steps_per_epoch, initial=self.step, disable=True if self.quiet else None,
+            total=epochs * steps_per_epoch, initial=self.step, disable=True if self.quiet or self.rank else None,
             unit="step", dynamic_ncols=True, leave=False,
         )  # fmt: skip
+        check_every = 1 if self.device.type == "cpu" else 50  # on a GPU, reading the loss waits for it
         model.train()
         while self.epoch < epochs and not self._should_stop():
             start = time.perf_counter()
-            sums = torch.zeros(3, dtype=torch.float64)
-            order = torch.randperm(len(train), generator=self.generator)
+            sums = torch.zeros(3, dtype=torch.float64, device=self.device)
+            order = torch.randperm(len(train), generator=self.generator, device=self.device)
             for i in range(0, len(train), cfg.batch_size):
-                index = order[i : i + cfg.batch_size]
-                x = static_x[index] if static_x is not None else model.prepare(train.x[index], self.generator)
+                batch = order[i : i + cfg.batch_size]
                 beta = cfg.beta * min(1.0, (self.step + 1) / warmup_steps) if warmup_steps > 0 else cfg.beta
-                r = model.elbo(x)
-                kl_penalised = r.kl_per_dim
-                if cfg.free_bits > 0:  # Kingma et al. 2016: per dimension, batch-averaged KL below the floor is free
-                    kl_penalised = r.kl_per_dim.mean(0).clamp_min(cfg.free_bits).expand_as(r.kl_per_dim)
-                loss = -(r.reconstruction - beta * kl_penalised.sum(-1)).mean()
-                if not torch.isfinite(loss):
-                    raise TrainingError(
-                        f"the loss became {loss.item()} at epoch {self.epoch + 1}, step {self.step + 1}"
-                    )
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.clip_grad is not None:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-                self.optimizer.step()
+                loss, r = self._step(train_x, batch, beta)
                 self.step += 1
                 sums += torch.stack([-r.elbo.sum(), -r.reconstruction.sum(), r.kl.sum()]).detach().double()
+                if self.step % check_every == 0 or i + cfg.batch_size >= len(train):
+                    value = loss.item()
+                    if not math.isfinite(value):
+                        raise TrainingError(f"the loss became {value} at epoch {self.epoch + 1}, step {self.step}")
+                    bar.set_postfix(epoch=self.epoch + 1, loss=f"{value:.2f}", refresh=False)
                 bar.update(1)
-                bar.set_postfix(epoch=self.epoch + 1, loss=f"{loss.item():.2f}", refresh=False)
             self.seconds += time.perf_counter() - start
             self.epoch += 1
-            held = evaluate_elbo(model, heldout_x)
-            train_means = (sums / len(train)).tolist()
-            row = {
-                "epoch": self.epoch, "step": self.step, "seconds": round(self.seconds, 3), "beta": beta,
-                "train_neg_elbo": train_means[0], "train_reconstruction": train_means[1], "train_kl": train_means[2],
-                "heldout_neg_elbo": held["neg_elbo"], "heldout_reconstruction": held["reconstruction"],
-                "heldout_kl": held["kl"], "heldout_bits_per_dim": held["neg_elbo"] / (model.spec.dim * math.log(2)),
-            }  # fmt: skip
+            row = self._epoch_row(distributed.all_reduce_sum(sums) / len(train), heldout_x, beta)
             self.metrics.append(row)
-            self._end_epoch(row)
+            if self.rank == 0:
+                self._end_epoch(row)
+            else:
+                self._track_best(row)
             bar.set_postfix(epoch=self.epoch, heldout=f"{row['heldout_neg_elbo']:.2f}")
         bar.close()
+        distributed.barrier()
         model.eval()
         return self.metrics
+
+    def _step(self, train_x: torch.Tensor, batch: torch.Tensor, beta: float):
+        """One optimiser step on this rank's share of a global batch; returns (loss, ELBO pieces)."""
+        cfg, model = self.config, self.model
+        n = len(batch)
+        # random draws cover the whole global batch so that every rank (and a single process) sees the same ones
+        noise = torch.randn(n, model.latent_dim, generator=self.generator, device=self.device)
+        mine = slice(self.rank, None, self.world)
+        raw = train_x[batch[mine]]
+        if cfg.binarize == "dynamic":
+            uniform = torch.rand((n, *raw.shape[1:]), generator=self.generator, device=self.device)
+            x = model.binarize(raw, uniform[mine])
+        else:
+            x = raw.to(torch.float32)
+        r = self.ddp(x, noise[mine])
+        kl_penalised = r.kl_per_dim
+        if cfg.free_bits > 0:  # Kingma et al. 2016: per dimension, batch-averaged KL below the floor is free
+            kl_penalised = r.kl_per_dim.mean(0).clamp_min(cfg.free_bits).expand_as(r.kl_per_dim)
+        # sum over this rank's items / global batch size: DDP's average over ranks then gives the global mean
+        loss = -(r.reconstruction - beta * kl_penalised.sum(-1)).sum() * (self.world / n)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.clip_grad is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+        self.optimizer.step()
+        return loss, r
+
+    def _epoch_row(self, train_means: torch.Tensor, heldout_x: torch.Tensor, beta: float) -> dict[str, float]:
+        eval_gen = torch.Generator(self.device).manual_seed(EVAL_SEED)  # the same noise every epoch
+        rows = slice(self.rank, None, self.world)
+        held = distributed.all_reduce_sum(_elbo_sums(self.model, heldout_x, rows, 1000, eval_gen)) / len(heldout_x)
+        t, h = train_means.tolist(), held.tolist()
+        return {
+            "epoch": self.epoch, "step": self.step, "seconds": round(self.seconds, 3), "beta": beta,
+            "train_neg_elbo": t[0], "train_reconstruction": t[1], "train_kl": t[2],
+            "heldout_neg_elbo": h[0], "heldout_reconstruction": h[1], "heldout_kl": h[2],
+            "heldout_bits_per_dim": h[0] / (self.model.spec.dim * math.log(2)),
+        }  # fmt: skip
 
     def _should_stop(self) -> bool:
         return self.config.patience is not None and self.bad_epochs >= self.config.patience
 
-    def _end_epoch(self, row: dict[str, float]) -> None:
-        """Save the model when held-out -ELBO improved, then metrics, then the checkpoint."""
-        if row["heldout_neg_elbo"] < self.best:
+    def _track_best(self, row: dict[str, float]) -> bool:
+        improved = row["heldout_neg_elbo"] < self.best
+        if improved:
             self.best, self.bad_epochs = row["heldout_neg_elbo"], 0
-            model_io.save_weights(self.run_dir / model_io.WEIGHTS, self.model.state_dict())
         else:
             self.bad_epochs += 1
+        return improved
+
+    def _end_epoch(self, row: dict[str, float]) -> None:
+        """Save the model when held-out -ELBO improved, then metrics, then the checkpoint (rank 0 only)."""
+        if self._track_best(row):
+            model_io.save_weights(self.run_dir / model_io.WEIGHTS, self.model.state_dict())
         write_metrics(self.run_dir, self.metrics)
         self.save_checkpoint()
 
