@@ -12,7 +12,6 @@ import argparse
 import csv
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -21,27 +20,7 @@ import time
 from pathlib import Path
 
 import torch
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
-
-
-def matmul_gflops(n: int = 1024, repeats: int = 5) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    for _ in range(3):
-        a @ b
-    rates = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(10):
-            a @ b
-        rates.append(2 * n**3 * 10 / (time.perf_counter() - start) / 1e9)
-    return statistics.median(rates)
+from common import cpu_name, matmul_gflops
 
 
 def train_once(args: list[str]) -> dict[str, float]:

@@ -23,7 +23,7 @@ def write_mnist_like(directory, rng, n_train=30, n_test=10, gz=True):
 def test_digits_is_embedded_with_a_fixed_split():
     train, test = data.load("digits", "train"), data.load("digits", "test")
     assert len(train) + len(test) == 1797 and len(test) == data.DIGITS_TEST_SIZE
-    assert train.spec == DataSpec("levels", (1, 8, 8), levels=17)
+    assert train.spec == DataSpec("levels", (1, 8, 8), levels=17, classes=tuple("0123456789"))
     assert int(train.x.max()) == 16 and train.x.dtype == torch.uint8
     assert torch.equal(data.load("digits", "test").x, test.x)
 
@@ -31,12 +31,17 @@ def test_digits_is_embedded_with_a_fixed_split():
 @pytest.mark.parametrize("gz", [True, False])
 def test_idx_round_trip_and_directory(tmp_path, rng, gz):
     write_mnist_like(tmp_path, rng, gz=gz)
-    train, heldout = data.load_for_training(str(tmp_path))
-    assert train.x.shape == (30, 1, 28, 28) and heldout.x.shape == (10, 1, 28, 28)
+    train, test = data.load(str(tmp_path), "train"), data.load(str(tmp_path), "test")
+    assert train.x.shape == (30, 1, 28, 28) and test.x.shape == (10, 1, 28, 28)
     assert train.spec.levels == 256 and train.labels is not None
     ext = ".gz" if gz else ""
     raw = idx.read_idx(tmp_path / f"train-images-idx3-ubyte{ext}")
     assert np.array_equal(train.x[:, 0].numpy(), raw)
+    fit, heldout = data.load_for_training(str(tmp_path), heldout_fraction=0.2, seed=5)  # the test split stays unseen
+    assert len(fit) == 24 and len(heldout) == 6
+    assert torch.equal(heldout.x, data.load(str(tmp_path), "heldout", heldout=(0.2, 5)).x)
+    rebuilt = torch.cat([fit.x, heldout.x])
+    assert sorted(map(bytes, rebuilt.flatten(1).numpy())) == sorted(map(bytes, train.x.flatten(1).numpy()))
 
 
 def test_idx_errors_name_the_file(tmp_path):
@@ -51,6 +56,13 @@ def test_idx_errors_name_the_file(tmp_path):
     gz.write_bytes(gzip.compress(b"\x00\x00\x08\x03" + b"\x00" * 40)[:-9])
     with pytest.raises(DataError, match="x-idx3-ubyte.gz"):
         idx.read_idx(gz)
+    packed = bytearray(gzip.compress(bytes(range(256)) * 4))
+    for position in range(12, len(packed) - 8, 7):  # flipped bytes inside the deflate stream
+        corrupt = packed.copy()
+        corrupt[position] ^= 0xFF
+        gz.write_bytes(bytes(corrupt))
+        with pytest.raises(DataError, match="x-idx3-ubyte.gz"):
+            idx.read_idx(gz)
 
 
 def test_named_set_search_order_and_not_found_message(tmp_path, rng, monkeypatch):
@@ -143,7 +155,7 @@ def test_npz_with_labels_and_tabular_standardisation(tmp_path, rng):
     train, heldout = data.load_for_training(str(tmp_path / "t.npz"), heldout_fraction=0.25, seed=1)
     assert len(train) == 150 and len(heldout) == 50 and train.spec.kind == "real"
     assert torch.allclose(train.x.mean(0), torch.zeros(4), atol=1e-5)  # statistics of the training part
-    assert torch.allclose(train.x.std(0), torch.ones(4), atol=1e-3)
+    assert torch.allclose(train.x.std(0, unbiased=False), torch.ones(4), atol=1e-3)
     again = data.load(str(tmp_path / "t.npz"), spec=train.spec)  # new input read through the run's spec
     expected = (torch.from_numpy(x) - torch.tensor(train.spec.mean)) / torch.tensor(train.spec.std)
     assert torch.allclose(again.x, expected.float(), atol=1e-5)
@@ -152,7 +164,8 @@ def test_npz_with_labels_and_tabular_standardisation(tmp_path, rng):
 def test_csv_with_header_and_label_column(tmp_path):
     (tmp_path / "d.csv").write_text("a,b,kind\n1,2,x\n3,4,y\n5,6,x\n")
     ds = data.load(str(tmp_path / "d.csv"), label="kind")
-    assert ds.spec.shape == (2,) and ds.labels.tolist() == [0, 1, 0]
+    assert ds.spec.shape == (2,) and ds.labels.tolist() == [0, 1, 0] and ds.label_names == ["x", "y"]
+    assert ds.spec.features == ("a", "b")
     with pytest.raises(DataError, match=r"column 'kind' is not numeric \(value 'x'\)"):
         data.load(str(tmp_path / "d.csv"))
     with pytest.raises(DataError, match="no column named 'nope'"):
@@ -166,7 +179,7 @@ def test_array_errors(tmp_path):
     with pytest.raises(DataError, match=r"nan.npy: value nan \(NaN/inf\) at item 2"):
         data.load(str(tmp_path / "nan.npy"))
     np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
-    with pytest.raises(DataError, match="obj.npy: cannot read without unpickling"):
+    with pytest.raises(DataError, match="obj.npy: not a NumPy array file .*never unpickles"):
         data.load(str(tmp_path / "obj.npy"))
     with pytest.raises(DataError, match="missing.npy: no such file"):
         data.load(str(tmp_path / "missing.npy"))
@@ -181,7 +194,47 @@ def test_array_errors(tmp_path):
         data.load(str(tmp_path / "shape.npy"), spec=DataSpec("levels", (1, 8, 8), levels=17))
 
 
-def test_eight_bit_input_is_requantised_to_the_specs_levels(tmp_path):
-    np.save(tmp_path / "img.npy", np.full((2, 8, 8), 255, dtype=np.uint8))
-    ds = data.load(str(tmp_path / "img.npy"), spec=DataSpec("levels", (1, 8, 8), levels=17))
-    assert int(ds.x.max()) == 16
+def test_image_files_are_requantised_but_array_integers_are_levels(tmp_path):
+    spec = DataSpec("levels", (1, 8, 8), levels=17)
+    bright, dim = np.full((8, 8), 255, dtype=np.uint8), np.full((8, 8), 10, dtype=np.uint8)
+    save_png(tmp_path / "one" / "dim.png", dim)
+    save_png(tmp_path / "two" / "a_bright.png", bright)
+    save_png(tmp_path / "two" / "b_dim.png", dim)
+    alone, together = data.load(str(tmp_path / "one"), spec=spec), data.load(str(tmp_path / "two"), spec=spec)
+    assert int(alone.x.max()) == 1 and together.x[:, 0, 0, 0].tolist() == [16, 1]  # 10/255 of 16 levels, either way
+    np.save(tmp_path / "levels.npy", np.stack([dim, dim // 2]))
+    assert data.load(str(tmp_path / "levels.npy"), spec=spec).x[:, 0, 0, 0].tolist() == [10, 5]
+    np.save(tmp_path / "img.npy", bright[None])
+    with pytest.raises(DataError, match="values must be integer levels 0..16, found 255"):
+        data.load(str(tmp_path / "img.npy"), spec=spec)
+
+
+def test_sixteen_bit_images_are_scaled_not_clipped(tmp_path):
+    Image.fromarray(np.array([[1000, 30000], [50000, 65535]], dtype=np.uint16)).save(tmp_path / "deep.png")
+    ds = data.load(str(tmp_path))
+    assert ds.x[0, 0].tolist() == [[3, 117], [195, 255]]
+
+
+def test_new_tables_are_read_by_column_name_and_class_name(tmp_path):
+    (tmp_path / "train.csv").write_text("a,b,kind\n1,10,x\n2,20,y\n3,30,z\n")
+    (tmp_path / "new.csv").write_text("b,kind,a\n20,z,2\n")
+    spec = data.load(str(tmp_path / "train.csv"), label="kind").spec
+    new = data.load(str(tmp_path / "new.csv"), spec=spec, label="kind")
+    assert torch.allclose(new.x, torch.tensor([[0.0, 0.0]]), atol=1e-6)  # a=2, b=20: the means
+    assert new.labels.tolist() == [2]  # z is class 2 of the run, though the only class here
+    (tmp_path / "other.csv").write_text("a,c\n1,2\n")
+    with pytest.raises(DataError, match="no column 'b', which the model was trained on"):
+        data.load(str(tmp_path / "other.csv"), spec=spec)
+    (tmp_path / "unknown.csv").write_text("a,b,kind\n1,2,w\n")
+    with pytest.raises(DataError, match="label 'w' is not one of the model's classes"):
+        data.load(str(tmp_path / "unknown.csv"), spec=spec, label="kind")
+
+
+def test_corrupt_npz_is_an_error_not_a_traceback(tmp_path, rng):
+    np.savez(tmp_path / "t.npz", x=rng.normal(size=(20, 3)))
+    (tmp_path / "t.npz").write_bytes((tmp_path / "t.npz").read_bytes()[:-40])
+    with pytest.raises(DataError, match="t.npz"):
+        data.load(str(tmp_path / "t.npz"))
+    (tmp_path / "text.npy").write_text("just some text")
+    with pytest.raises(DataError, match="text.npy: not a NumPy array file"):
+        data.load(str(tmp_path / "text.npy"))

@@ -40,7 +40,10 @@ def test_run_folder_contents_and_metrics(tiny_run):
         bpd = float(r["heldout_neg_elbo"]) / (64 * 0.6931471805599453)
         assert float(r["heldout_bits_per_dim"]) == pytest.approx(bpd)
     config = json.loads((tiny_run.run_dir / "config.json").read_text())
-    assert config["model"]["spec"] == {"kind": "levels", "shape": [1, 8, 8], "levels": 17, "mean": None, "std": None}
+    assert config["model"]["spec"] == {
+        "kind": "levels", "shape": [1, 8, 8], "levels": 17, "mean": None, "std": None, "features": None,
+        "classes": list("0123456789"),
+    }  # fmt: skip
     assert config["data"]["source"] == "digits" and config["training"]["epochs"] == 2
 
 
@@ -113,11 +116,13 @@ def test_nan_loss_stops_with_epoch_and_step(tmp_path, monkeypatch):
         (dict(beta=-1.0), "beta must be >= 0"),
         (dict(binarize="sometimes"), "binarize must be static or dynamic"),
         (dict(heldout_fraction=1.5), "held-out fraction"),
+        (dict(likelihood="bernoulli"), "goes with the Bernoulli likelihood"),
+        (dict(hidden=(0,)), "hidden layer sizes"),
     ],
 )
 def test_bad_options_are_refused_before_any_output(tmp_path, options, message):
     with pytest.raises(OptionError, match=message):
-        vaekit.train("digits", tmp_path / "x", epochs=1, **TINY, **options)
+        vaekit.train("digits", tmp_path / "x", epochs=1, **{**TINY, **options})
     assert not (tmp_path / "x").exists()
 
 
@@ -126,3 +131,46 @@ def test_an_existing_run_is_not_overwritten(tiny_run):
     with pytest.raises(OptionError, match="already holds a run"):
         vaekit.train("digits", tiny_run.run_dir, epochs=1, **TINY)
     assert (tiny_run.run_dir / "model.safetensors").read_bytes() == before
+
+
+def test_a_run_cut_before_its_first_checkpoint_resumes_from_the_start(tmp_path, monkeypatch):
+    full = vaekit.train("digits", tmp_path / "full", epochs=2, **TINY)
+
+    def crash(self, train, heldout, stop_below=None):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train_module.Trainer, "fit", crash)
+        with pytest.raises(KeyboardInterrupt):
+            vaekit.train("digits", tmp_path / "cut", epochs=2, **TINY)
+    assert (tmp_path / "cut" / "config.json").exists() and not (tmp_path / "cut" / "checkpoint.safetensors").exists()
+    resumed = vaekit.resume(tmp_path / "cut", quiet=True)
+    a, b = weights(full.run_dir), weights(resumed.run_dir)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_checkpoint_is_one_file_with_its_counters(tiny_run):
+    from safetensors import safe_open
+
+    with safe_open(str(tiny_run.run_dir / "checkpoint.safetensors"), "pt") as f:
+        state = json.loads(f.metadata()["state"])
+    n_fit = json.loads((tiny_run.run_dir / "config.json").read_text())["data"]["n_fit"]
+    assert state["epoch"] == 2 and state["step"] == 2 * -(-n_fit // 128)
+    assert not (tiny_run.run_dir / "checkpoint.json").exists()
+
+
+def test_heldout_estimate_is_the_same_every_time(tiny_run):
+    from vaekit import data
+    from vaekit.evaluate import evaluate
+
+    test = data.load("digits", "test", spec=tiny_run.model.spec)
+    first, second = evaluate(tiny_run.model, test, probe=False), evaluate(tiny_run.model, test, probe=False)
+    assert first == second
+
+
+def test_tiny_heldout_part_still_gets_figures(tmp_path, rng):
+    import numpy as np
+
+    np.save(tmp_path / "few.npy", rng.integers(0, 17, (40, 8, 8)))
+    run = vaekit.train(str(tmp_path / "few.npy"), tmp_path / "r", epochs=1, **TINY)
+    assert {"samples.png", "reconstructions.png", "interpolations.png"} <= {p.name for p in run.run_dir.iterdir()}

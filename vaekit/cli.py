@@ -220,9 +220,9 @@ def _add_run_data_options(p: argparse.ArgumentParser) -> None:
     _add_data_options(p, default_data=None)
     p.add_argument(
         "--split",
-        choices=("auto", "train", "test", "all"),
+        choices=vdata.SPLITS,
         default="auto",
-        help="default: test where the source has one, else all",
+        help="default: the test split where the source has one, else the run's held-out part (its own data) or all",
     )
 
 
@@ -244,10 +244,10 @@ def _train(args: argparse.Namespace) -> None:
     if not distributed.is_main():
         return
     best = min(run.metrics, key=lambda m: m["heldout_neg_elbo"])
+    bpd = "" if best["heldout_bits_per_dim"] is None else f" ({best['heldout_bits_per_dim']:.4f} bits/dim)"
     print(
-        f"{run.run_dir}: best held-out -ELBO {best['heldout_neg_elbo']:.2f} nats "
-        f"({best['heldout_bits_per_dim']:.4f} bits/dim) at epoch {int(best['epoch'])} "
-        f"of {int(run.metrics[-1]['epoch'])}, {run.metrics[-1]['seconds']:.1f} s of training"
+        f"{run.run_dir}: best held-out -ELBO {best['heldout_neg_elbo']:.2f} nats{bpd} at epoch "
+        f"{int(best['epoch'])} of {int(run.metrics[-1]['epoch'])}, {run.metrics[-1]['seconds']:.1f} s of training"
     )
 
 
@@ -256,16 +256,20 @@ def _load_run(args) -> tuple[VAE, vdata.Dataset | None]:
     model = vaekit.load(args.run)
     if not hasattr(args, "split"):
         return model, None
-    recorded = model_io.read_config(args.run).get("data", {})
+    config = model_io.read_config(args.run)
+    recorded = config.get("data", {})
     source = args.data or recorded.get("source")
     if source is None:
         raise OptionError(f"{args.run}: the run records no data source; give --data")
     same_source = source == recorded.get("source")
     data_dir = args.data_dir or (recorded.get("data_dir") if same_source else None)
     label = args.label or (recorded.get("label") if same_source else None)
+    # the run's own data: its fit/held-out split can be rebuilt from the recorded fraction and seed
+    heldout = (recorded["heldout_fraction"], config["training"]["seed"]) if same_source else None
     dataset = vdata.load(
-        source, args.split, spec=model.spec, data_dir=data_dir, download=args.download, size=args.size, label=label
-    )
+        source, args.split, spec=model.spec, heldout=heldout, data_dir=data_dir, download=args.download,
+        size=args.size, label=label,
+    )  # fmt: skip
     return model, dataset
 
 
@@ -277,9 +281,8 @@ def _check_suffix(path: str, allowed: tuple[str, ...]) -> str:
 
 
 def _write_items(path: str, model: VAE, items: torch.Tensor, ncols: int) -> None:
-    """A PNG grid of items (model space), or an .npy of them in the source's units."""
-    suffix = _check_suffix(path, (".png", ".npy"))
-    if suffix == ".png":
+    """A PNG grid of items (model space), or an .npy of them in the source's units (suffix already checked)."""
+    if Path(path).suffix.lower() == ".png":
         if not model.spec.is_image:
             raise OptionError(f"{path}: this model's data are not images; write .npy instead")
         report.save_grid(path, model.spec.to_unit(items), ncols)

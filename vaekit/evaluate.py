@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
 from vaekit.data import Dataset
 from vaekit.models import VAE
-from vaekit.trainer import EVAL_SEED, evaluate_elbo
+from vaekit.trainer import EVAL_SEED, bits_per_dim, evaluate_elbo
 
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. 2016: a unit is active when Cov_x(E_q[z_j]) exceeds this
 PROBE_MAX_ITEMS = 10_000
@@ -30,17 +28,23 @@ def evaluate(model: VAE, data: Dataset, probe: bool = True, seed: int = EVAL_SEE
         result["binarization"] = f"static draw, seed {seed}"
     elbo = evaluate_elbo(model, x, generator=torch.Generator().manual_seed(seed))
     result.update(elbo)
-    result["bits_per_dim"] = elbo["neg_elbo"] / (model.spec.dim * math.log(2))
+    if model.spec.kind != "real":  # a code length only for discrete data
+        result["bits_per_dim"] = bits_per_dim(elbo["neg_elbo"], model)
     means, _ = encode_means(model, x)
     result["active_units"] = int((means.var(0) > ACTIVE_UNIT_THRESHOLD).sum()) if len(data) > 1 else 0
     result["latent_dim"] = model.latent_dim
     if probe and data.labels is not None:
-        result["probe_accuracy"] = probe_accuracy(means.numpy(), data.labels.numpy(), seed)
+        accuracy = probe_accuracy(means.numpy(), data.labels.numpy(), seed)
+        if accuracy is not None:
+            result["probe_accuracy"] = accuracy
     return result
 
 
-def probe_accuracy(z: np.ndarray, labels: np.ndarray, seed: int = 0) -> float:
-    """5-fold cross-validated accuracy of a logistic-regression probe on the latents."""
+def probe_accuracy(z: np.ndarray, labels: np.ndarray, seed: int = 0) -> float | None:
+    """5-fold cross-validated accuracy of a logistic-regression probe on the latents.
+
+    None when the labels cannot support it (one class, or a class with a single item).
+    """
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_score
     from sklearn.pipeline import make_pipeline
@@ -49,10 +53,10 @@ def probe_accuracy(z: np.ndarray, labels: np.ndarray, seed: int = 0) -> float:
     if len(z) > PROBE_MAX_ITEMS:
         keep = np.random.default_rng(seed).choice(len(z), PROBE_MAX_ITEMS, replace=False)
         z, labels = z[keep], labels[keep]
-    counts = np.bincount(labels)
-    folds = min(5, counts[counts > 0].min())
-    if folds < 2 or (counts > 0).sum() < 2:
-        return float("nan")
+    _, counts = np.unique(labels, return_counts=True)
+    folds = min(5, counts.min())
+    if folds < 2 or len(counts) < 2:
+        return None
     probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
     cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
     return float(cross_val_score(probe, z, labels, cv=cv).mean())

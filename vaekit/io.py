@@ -1,7 +1,7 @@
 """A trained model is a folder: config.json (plain data) + model.safetensors (weights). Never pickle.
 
-The training checkpoint (checkpoint.safetensors + checkpoint.json) lives in the same folder and
-holds what resuming needs: weights, optimizer moments and random-number-generator states.
+The training checkpoint (checkpoint.safetensors) lives in the same folder and holds what resuming
+needs: weights, optimizer moments, random-number-generator states and counters.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from vaekit.errors import ModelFileError
 from vaekit.models import VAE, ModelConfig
 
 CONFIG, WEIGHTS = "config.json", "model.safetensors"
-CHECKPOINT, CHECKPOINT_STATE = "checkpoint.safetensors", "checkpoint.json"
+CHECKPOINT = "checkpoint.safetensors"
 FORMAT = "vaekit-run"
 
 
@@ -92,34 +92,35 @@ def load_state(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path: P
 def save_checkpoint(
     run_dir: Path, model: VAE, optimizer: torch.optim.Optimizer, rng: dict[str, torch.Tensor], state: dict[str, Any]
 ) -> None:
-    """Weights, optimizer moments and RNG states as safetensors; counters as JSON. State is written last."""
+    """One safetensors file, written atomically: weights, optimizer moments, RNG states, and the
+    counters and optimizer settings as JSON in its metadata, so a crash never leaves them out of step."""
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     opt = optimizer.state_dict()
     for index, moments in opt["state"].items():
         tensors.update({f"optim.{index}.{k}": torch.as_tensor(v) for k, v in moments.items()})
     tensors.update({f"rng.{k}": v for k, v in rng.items()})
-    save_weights(run_dir / CHECKPOINT, tensors)
-    write_text(run_dir / CHECKPOINT_STATE, json.dumps({**state, "param_groups": opt["param_groups"]}, indent=2))
+    metadata = {"state": json.dumps(state), "param_groups": json.dumps(opt["param_groups"])}
+    save_weights(run_dir / CHECKPOINT, tensors, metadata)
 
 
 def load_checkpoint(
     run_dir: Path, model: VAE, optimizer: torch.optim.Optimizer
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Restore model and optimizer in place; return (RNG states, counters)."""
-    state_path = run_dir / CHECKPOINT_STATE
-    if not state_path.is_file():
-        raise ModelFileError(f"{run_dir}: no checkpoint to resume from ({CHECKPOINT_STATE} is missing)")
+    path = run_dir / CHECKPOINT
+    tensors = read_weights(path)
     try:
-        state = json.loads(state_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelFileError(f"{state_path}: corrupt JSON ({e})") from None
-    tensors = read_weights(run_dir / CHECKPOINT)
-    load_state(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, run_dir / CHECKPOINT)
+        with safetensors.safe_open(str(path), "pt") as f:
+            metadata = f.metadata() or {}
+        state, param_groups = json.loads(metadata["state"]), json.loads(metadata["param_groups"])
+    except (KeyError, json.JSONDecodeError, safetensors.SafetensorError) as e:
+        raise ModelFileError(f"{path}: not a vaekit checkpoint ({e})") from None
+    load_state(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, path)
     moments: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         if key.startswith("optim."):
             _, index, name = key.split(".", 2)
             moments.setdefault(int(index), {})[name] = value
-    optimizer.load_state_dict({"state": moments, "param_groups": state.pop("param_groups")})
+    optimizer.load_state_dict({"state": moments, "param_groups": param_groups})
     rng = {k[4:]: v for k, v in tensors.items() if k.startswith("rng.")}
     return rng, state

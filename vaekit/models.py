@@ -66,6 +66,8 @@ class ModelConfig:
         if latent_dim < 1:
             raise OptionError(f"latent size must be at least 1, got {latent_dim}")
         hidden = hidden if hidden is not None else ((512, 256) if d >= 256 else (256, 128))
+        if not hidden or min(hidden) < 1:
+            raise OptionError(f"hidden layer sizes must be one or more numbers >= 1, got {list(hidden)}")
         return cls(spec, likelihood, arch, latent_dim, tuple(hidden))
 
 

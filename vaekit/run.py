@@ -57,11 +57,11 @@ def train(
     clip_grad, patience, binarize, seed. Under torchrun, every process calls this; rank 0 writes.
     """
     config = TrainConfig(**options)
-    config.validate()
-    if not 0 < heldout_fraction < 1:
-        raise OptionError(f"held-out fraction must lie in (0, 1), got {heldout_fraction}")
     if config.binarize is not None:
         likelihood = likelihood or "bernoulli"
+    config.validate(likelihood)
+    if not 0 < heldout_fraction < 1:
+        raise OptionError(f"held-out fraction must lie in (0, 1), got {heldout_fraction}")
     data_args = {
         "source": data,
         "data_dir": None if data_dir is None else str(data_dir),
@@ -81,7 +81,7 @@ def train(
     distributed.setup(device)  # joins the process group under torchrun
     run_dir = distributed.broadcast(_new_run_dir(out, data) if distributed.is_main() else None)
     trainer = Trainer(model, config, run_dir, quiet, device)
-    data_args.update(n_train=len(train_set), n_heldout=len(heldout), label_names=train_set.label_names)
+    data_args.update(n_fit=len(train_set), n_heldout=len(heldout))
     if distributed.is_main():
         model_io.save_config(run_dir, model, training=dataclasses.asdict(config), data=data_args)
     return _finish(trainer, train_set, heldout)
@@ -96,6 +96,7 @@ def resume(run_dir: str | os.PathLike, quiet: bool = False, device: str = "auto"
         data["source"], heldout_fraction=data["heldout_fraction"], seed=config["training"]["seed"],
         data_dir=data["data_dir"], size=data["size"] and tuple(data["size"]), label=data["label"],
     )  # fmt: skip
+    torch.manual_seed(config["training"]["seed"])  # the same initial weights, should no checkpoint exist yet
     model = VAE(ModelConfig.from_dict(config["model"]))
     trainer = Trainer(model, TrainConfig(**config["training"]), run_dir, quiet, device)
     trainer.restore_checkpoint()
@@ -136,14 +137,15 @@ def write_figures(model: VAE, heldout: Dataset, run_dir: Path, metrics: list[dic
     if spec.is_image:
         gen = torch.Generator().manual_seed(FIGURE_SEED)
         report.save_grid(run_dir / "samples.png", spec.to_unit(model.sample(64, generator=gen)), ncols=8)
-        originals = x[:32]
-        pairs = torch.cat(
-            [originals.view(2, 16, *spec.shape), model.reconstruct(originals).view(2, 16, *spec.shape)], 1
-        )
-        report.save_grid(run_dir / "reconstructions.png", spec.to_unit(pairs.flatten(0, 1)), ncols=16)
+        cols = min(16, len(x))
+        rows = min(2, len(x) // cols)  # pairs of rows: originals above, reconstructions below
+        originals = x[: rows * cols].view(rows, cols, *spec.shape)
+        pairs = torch.cat([originals, model.reconstruct(originals.flatten(0, 1)).view_as(originals)], 1)
+        report.save_grid(run_dir / "reconstructions.png", spec.to_unit(pairs.flatten(0, 1)), ncols=cols)
         n = min(8, len(x) // 2)
-        rows = [latent.interpolate(model, x[2 * i], x[2 * i + 1], steps=10) for i in range(n)]
-        report.save_grid(run_dir / "interpolations.png", spec.to_unit(torch.cat(rows)), ncols=10)
+        paths = [latent.interpolate(model, x[2 * i], x[2 * i + 1], steps=10) for i in range(n)]
+        if paths:
+            report.save_grid(run_dir / "interpolations.png", spec.to_unit(torch.cat(paths)), ncols=10)
     if metrics:
         report.save_loss_plot(run_dir / "loss.png", metrics)
     means, _ = encode_means(model, x)

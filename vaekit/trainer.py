@@ -51,7 +51,8 @@ class TrainConfig:
     binarize: str | None = None  # None, "static" or "dynamic" (Bernoulli models)
     seed: int = 0
 
-    def validate(self) -> None:
+    def validate(self, likelihood: str | None = None) -> None:
+        """Raise OptionError for values out of range; `likelihood` (where known) must fit the binarisation."""
         checks = [
             (self.epochs is None or self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
             (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
@@ -63,6 +64,9 @@ class TrainConfig:
             (self.patience is None or self.patience >= 1, f"patience must be >= 1, got {self.patience}"),
             (self.binarize in (None, "static", "dynamic"), f"binarize must be static or dynamic, got {self.binarize}"),
         ]
+        if likelihood is not None:
+            fits = (self.binarize is not None) == (likelihood == "bernoulli")
+            checks.append((fits, "binarisation (--binarize) goes with the Bernoulli likelihood, and only with it"))
         for ok, message in checks:
             if not ok:
                 raise OptionError(message)
@@ -72,6 +76,11 @@ class TrainConfig:
             return self.epochs
         steps_per_epoch = math.ceil(n_train / self.batch_size)
         return min(MAX_EPOCHS, max(MIN_EPOCHS, math.ceil(TARGET_STEPS / steps_per_epoch)))
+
+
+def bits_per_dim(nats: float, model: VAE) -> float | None:
+    """Nats per example as bits per dimension; None for continuous data, where it is no code length."""
+    return None if model.spec.kind == "real" else nats / (model.spec.dim * math.log(2))
 
 
 @torch.no_grad()
@@ -117,9 +126,7 @@ class Trainer:
     """Runs the epochs; under torchrun each rank takes its share of every global batch (DDP)."""
 
     def __init__(self, model: VAE, config: TrainConfig, run_dir: str | Path, quiet: bool = False, device="auto"):
-        config.validate()
-        if (config.binarize is not None) != (model.config.likelihood == "bernoulli"):
-            raise OptionError("binarisation (--binarize) goes with the Bernoulli likelihood, and only with it")
+        config.validate(model.config.likelihood)
         self.device = resolve_device(device) if isinstance(device, str) else device
         distributed.setup(self.device)
         self.rank, self.world = distributed.rank(), distributed.world_size()
@@ -144,6 +151,9 @@ class Trainer:
         )
 
     def restore_checkpoint(self) -> None:
+        """Continue from the last checkpoint; a run cut before its first one starts again from scratch."""
+        if not (self.run_dir / model_io.CHECKPOINT).exists():
+            return
         rng, state = model_io.load_checkpoint(self.run_dir, self.model, self.optimizer)
         self.generator.set_state(rng["generator"])
         self.epoch, self.step, self.seconds = state["epoch"], state["step"], state["seconds"]
@@ -151,8 +161,8 @@ class Trainer:
         self.metrics = read_metrics(self.run_dir)[: self.epoch]
 
     # --- the loop ---------------------------------------------------------
-    def fit(self, train: Dataset, heldout: Dataset) -> list[dict[str, float]]:
-        """Train until the epoch budget or early stopping; returns the per-epoch metrics."""
+    def fit(self, train: Dataset, heldout: Dataset, stop_below: float | None = None) -> list[dict[str, float]]:
+        """Train until the epoch budget, early stopping, or held-out -ELBO <= `stop_below`; returns the metrics."""
         cfg, model = self.config, self.model
         epochs = cfg.epochs_for(len(train))
         steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
@@ -192,6 +202,8 @@ class Trainer:
             else:
                 self._track_best(row)
             bar.set_postfix(epoch=self.epoch, heldout=f"{row['heldout_neg_elbo']:.2f}")
+            if stop_below is not None and row["heldout_neg_elbo"] <= stop_below:
+                break
         bar.close()
         distributed.barrier()
         model.eval()
@@ -232,7 +244,7 @@ class Trainer:
             "epoch": self.epoch, "step": self.step, "seconds": round(self.seconds, 3), "beta": beta,
             "train_neg_elbo": t[0], "train_reconstruction": t[1], "train_kl": t[2],
             "heldout_neg_elbo": h[0], "heldout_reconstruction": h[1], "heldout_kl": h[2],
-            "heldout_bits_per_dim": h[0] / (self.model.spec.dim * math.log(2)),
+            "heldout_bits_per_dim": bits_per_dim(h[0], self.model),
         }  # fmt: skip
 
     def _should_stop(self) -> bool:
@@ -267,4 +279,4 @@ def read_metrics(run_dir: Path) -> list[dict[str, float]]:
     if not path.is_file():
         return []
     with open(path, newline="", encoding="utf-8") as f:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        return [{k: float(v) if v else None for k, v in row.items()} for row in csv.DictReader(f)]

@@ -2,13 +2,18 @@
 
 Every source becomes one `Dataset`: a tensor of integer levels (images) or standardised features
 (tabular), optional labels, and a `DataSpec`. Given the spec of a trained model, a source is read
-exactly as the model's training data was (same shape, channels, levels, scaling).
+exactly as the model's training data was (same shape, channels, levels, scaling, columns, classes).
+
+Splits: "train" and "test" are a source's own (digits, MNIST-family); "all" is everything; "fit" and
+"heldout" are the two parts of a training run: a seeded fraction of "train" (or of "all" where
+there is no own split) is held out for early stopping, so the test split stays unseen.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -17,10 +22,11 @@ from vaekit.data import arrays, idx, images
 from vaekit.data.dataset import Dataset, DataSpec
 from vaekit.errors import DataError
 
-__all__ = ["NAMED_SOURCES", "DataSpec", "Dataset", "load", "load_for_training"]
+__all__ = ["NAMED_SOURCES", "SPLITS", "DataSpec", "Dataset", "has_own_split", "load", "load_for_training"]
 
 NAMED_SOURCES = ("digits", "mnist", "fashion-mnist")
-FASHION_CLASSES = [
+SPLITS = ("train", "test", "all", "fit", "heldout", "auto")
+FASHION_CLASSES = (
     "T-shirt/top",
     "Trouser",
     "Pullover",
@@ -31,8 +37,27 @@ FASHION_CLASSES = [
     "Sneaker",
     "Bag",
     "Ankle boot",
-]
+)
+DIGIT_CLASSES = tuple(str(i) for i in range(10))
 DIGITS_TEST_SIZE = 300
+
+
+class _Raw(NamedTuple):
+    """A source as read, before conversion: items, label values, and what the source says of them."""
+
+    x: np.ndarray
+    labels: np.ndarray | None  # label values: class indices where `classes` is given, else any values
+    classes: tuple[str, ...] | None = None  # fixed class names of a named set
+    features: list[str] | None = None  # column names of a CSV with a header
+    source_levels: int | None = None  # levels the source's integers are on (256 for 8-bit image files)
+
+
+def has_own_split(source: str) -> bool:
+    """Whether the source comes with its own train/test split (digits, MNIST-family, IDX directories)."""
+    if source in NAMED_SOURCES:
+        return True
+    path = Path(source)
+    return path.is_dir() and idx.is_idx_dir(path)
 
 
 def load(
@@ -40,6 +65,7 @@ def load(
     split: str = "all",
     *,
     spec: DataSpec | None = None,
+    heldout: tuple[float, int] | None = None,
     data_dir: str | os.PathLike | None = None,
     download: bool = False,
     size: tuple[int, int] | None = None,
@@ -48,19 +74,26 @@ def load(
     """Read a data source.
 
     source: "digits", "mnist", "fashion-mnist", a directory of IDX files or images, or an
-      .npy/.npz/.csv/IDX file. split: "train", "test" or "all" ("train"/"test" only where the source
-      has its own split), or "auto" (the test split where there is one, else all).
-    spec: a trained model's DataSpec to conform to.
+      .npy/.npz/.csv/IDX file.
+    split: "train", "test", "all", "fit", "heldout" (see the module's doc), or "auto": the test split
+      where the source has one, else the held-out part where `heldout` is given, else all.
+    spec: a trained model's DataSpec to conform to. heldout: (fraction, seed) of a training run.
     """
-    if split not in ("train", "test", "all", "auto"):
-        raise DataError(f"unknown split {split!r}: use train, test, all or auto")
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}: use {', '.join(SPLITS)}")
+    own_split = has_own_split(source)
     if split == "auto":
-        has_split = _read(source, split, data_dir, download, size, label, spec, probe=True)[3]
-        split = "test" if has_split else "all"
-    x, y, names, has_split = _read(source, split, data_dir, download, size, label, spec)
-    if split != "all" and not has_split:
-        raise DataError(f"{source}: has no {split} split of its own; use --split all")
-    return _to_dataset(x, y, names, source, spec)
+        split = "test" if own_split else "heldout" if heldout is not None else "all"
+    if split in ("train", "test") and not own_split:
+        raise DataError(f"{source}: has no {split} split of its own; use all (or heldout, for a run's data)")
+    if split in ("fit", "heldout") and heldout is None:
+        raise DataError(f"the {split} split needs the held-out fraction and seed of a run")
+    base = split if split in ("train", "test") else "train" if own_split else "all"
+    raw = _read(source, base, data_dir, download, size, label, spec)
+    if split in ("fit", "heldout"):
+        fit_rows, heldout_rows = _split_rows(len(raw.x), *heldout, source)
+        raw = _take(raw, fit_rows if split == "fit" else heldout_rows)
+    return _to_dataset(raw, source, spec)
 
 
 def load_for_training(
@@ -73,100 +106,134 @@ def load_for_training(
     size: tuple[int, int] | None = None,
     label: str | None = None,
 ) -> tuple[Dataset, Dataset]:
-    """(train, held-out): the source's own split where it has one, else a seeded random hold-out.
+    """(fit, held-out): a seeded `heldout_fraction` of the training data is held out for early stopping.
 
-    Tabular features are standardised with statistics of the training part only.
+    Tabular features are standardised with statistics of the fit part only.
     """
-    kwargs = dict(data_dir=data_dir, download=download, size=size, label=label)
-    _, _, _, has_split = _read(source, "train", **kwargs, spec=None, probe=True)
-    if has_split:
-        train = load(source, "train", **kwargs)
-        heldout = load(source, "test", spec=train.spec, **kwargs)
-        return train, heldout
-    x, y, names, _ = _read(source, "all", **kwargs, spec=None)
-    full = _to_dataset(x, y, names, source, None, standardise=False)
-    train, heldout = full.split(heldout_fraction, seed)
-    if full.spec.kind == "real":
-        spec = _fit_standardisation(train)
-        train, heldout = _standardise(train, spec), _standardise(heldout, spec)
-    return train, heldout
+    base = "train" if has_own_split(source) else "all"
+    raw = _read(source, base, data_dir, download, size, label, None)
+    fit_rows, heldout_rows = _split_rows(len(raw.x), heldout_fraction, seed, source)
+    spec = _infer_spec(raw, source, standardise_rows=fit_rows.numpy())
+    return _to_dataset(_take(raw, fit_rows), source, spec), _to_dataset(_take(raw, heldout_rows), source, spec)
 
 
-def _read(source, split, data_dir, download, size, label, spec, probe=False):
-    """(items, labels, class names, has its own split) as NumPy arrays, before conversion."""
+def _split_rows(n: int, fraction: float, seed: int, source: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if n < 2:
+        raise DataError(f"{source}: {n} item(s) is too few to hold any out")
+    n_held = min(n - 1, max(1, round(n * fraction)))
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return order[n_held:].sort().values, order[:n_held].sort().values
+
+
+def _take(raw: _Raw, rows: torch.Tensor) -> _Raw:
+    rows = rows.numpy()
+    return raw._replace(x=raw.x[rows], labels=None if raw.labels is None else raw.labels[rows])
+
+
+def _read(source, split, data_dir, download, size, label, spec) -> _Raw:
     if spec is not None and spec.is_image and size is None:
         size = spec.shape[1:]
     channels = spec.shape[0] if spec is not None and spec.is_image else None
     if source == "digits":
-        return (None, None, None, True) if probe else _digits(split)
+        return _digits(split)
     if source in ("mnist", "fashion-mnist"):
-        directory = idx.locate(source, data_dir, download)
-        names = FASHION_CLASSES if source == "fashion-mnist" else [str(i) for i in range(10)]
-        return (None, None, None, True) if probe else (*_idx_dir(directory, split), names, True)
+        x, y = _idx_dir(idx.locate(source, data_dir, download), split)
+        return _Raw(x, y, FASHION_CLASSES if source == "fashion-mnist" else DIGIT_CLASSES, source_levels=256)
     path = Path(source)
     if not path.exists():
         raise DataError(f"{source}: no such file or directory (named sets: {', '.join(NAMED_SOURCES)})")
     if path.is_dir():
         if idx.is_idx_dir(path):
-            return (None, None, None, True) if probe else (*_idx_dir(path, split), None, True)
-        if probe:
-            return None, None, None, False
-        return (*images.read_folder(path, size, channels), False)
-    if probe:
-        return None, None, None, False
+            return _Raw(*_idx_dir(path, split), source_levels=256)
+        x, names = images.read_folder(path, size, channels)
+        return _Raw(x, None if names is None else np.asarray(names), source_levels=256)
     if "idx" in path.name and "ubyte" in path.name:
         x = idx.read_idx(path)
-        return (x[:, None] if x.ndim == 3 else x), None, None, False
+        return _Raw(x[:, None] if x.ndim == 3 else x, None, source_levels=256 if x.dtype == np.uint8 else None)
     if path.suffix.lower() in (".npy", ".npz", ".csv"):
-        return (*arrays.read_array(path, label), None, False)
+        x, y, features = arrays.read_array(path, label)
+        return _Raw(x, y, features=features)  # integers in arrays are levels as they stand
     raise DataError(f"{source}: unknown kind of file (vaekit reads .npy, .npz, .csv, IDX files and folders)")
 
 
-def _digits(split):
+def _digits(split: str) -> _Raw:
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
     x = bunch.images.astype(np.uint8)[:, None]  # values 0..16
-    y = bunch.target.astype(np.int64)
-    order = np.random.default_rng(0).permutation(len(x))  # fixed split, the same for every run
+    order = np.random.default_rng(0).permutation(len(x))  # a fixed split, the same for every run
     keep = {"train": order[:-DIGITS_TEST_SIZE], "test": order[-DIGITS_TEST_SIZE:], "all": np.arange(len(x))}[split]
-    return x[keep], y[keep], [str(i) for i in range(10)], True
+    return _Raw(x[keep], bunch.target[keep].astype(np.int64), DIGIT_CLASSES, source_levels=17)
 
 
-def _idx_dir(directory: Path, split: str):
+def _idx_dir(directory: Path, split: str) -> tuple[np.ndarray, np.ndarray | None]:
     parts = [idx.read_split(directory, s) for s in (["train", "test"] if split == "all" else [split])]
     x = np.concatenate([p[0] for p in parts])
     ys = [p[1] for p in parts]
-    y = None if any(v is None for v in ys) else np.concatenate(ys)
-    return x, y
+    return x, (None if any(v is None for v in ys) else np.concatenate(ys).astype(np.int64))
 
 
-def _to_dataset(x, y, names, source, spec, standardise=True) -> Dataset:
-    labels = None if y is None else torch.from_numpy(np.asarray(y, dtype=np.int64))
-    if spec is None:
-        spec = _infer_spec(x, source, source_levels=17 if source == "digits" else None)
-    if spec.kind == "levels":
-        values = _as_levels(x, spec, source)
-        return Dataset(torch.from_numpy(values), spec, labels, source, names)
-    if x.ndim != 2 or x.shape[1:] != spec.shape:
-        raise DataError(f"{source}: expected tabular data with {spec.dim} features per row, got shape {x.shape}")
-    ds = Dataset(torch.from_numpy(x.astype(np.float32)), spec, labels, source, names)
-    return _standardise(ds, spec) if standardise and spec.mean is not None else ds
-
-
-def _infer_spec(x: np.ndarray, source: str, source_levels: int | None) -> DataSpec:
+def _infer_spec(raw: _Raw, source: str, standardise_rows: np.ndarray | None = None) -> DataSpec:
+    """The spec a source implies; tables are standardised with the statistics of `standardise_rows` (or all)."""
+    classes = raw.classes
+    if classes is None and raw.labels is not None:
+        values = np.unique(raw.labels)
+        numeric = values.dtype.kind in "iu"
+        classes = tuple(str(v) for v in (values if numeric else sorted(values.tolist())))
+    x = raw.x
     if x.ndim == 2:
-        return DataSpec("real", (x.shape[1],))
+        features = tuple(raw.features) if raw.features else None
+        rows = x if standardise_rows is None else x[standardise_rows]
+        mean, std = tuple(rows.mean(0).tolist()), tuple(np.maximum(rows.std(0), 1e-6).tolist())
+        return DataSpec("real", (x.shape[1],), mean=mean, std=std, features=features, classes=classes)
     x = _channels_first(x, source)
-    if source_levels is not None:
-        levels = source_levels
-    elif x.dtype == np.uint8 or x.dtype.kind == "f":
-        levels = 256
+    if raw.source_levels is not None or x.dtype == np.uint8 or x.dtype.kind == "f":
+        levels = raw.source_levels or 256
     else:
         if x.min() < 0:
             raise DataError(f"{source}: integer images must hold levels >= 0, found {x.min()}")
         levels = max(2, int(x.max()) + 1)
-    return DataSpec("levels", tuple(x.shape[1:]), levels=levels)
+    return DataSpec("levels", tuple(x.shape[1:]), levels=levels, classes=classes)
+
+
+def _to_dataset(raw: _Raw, source: str, spec: DataSpec | None) -> Dataset:
+    if spec is None:
+        spec = _infer_spec(raw, source)
+    labels = _label_indices(raw, spec, source)
+    if spec.kind == "levels":
+        return Dataset(torch.from_numpy(_as_levels(raw, spec, source)), spec, labels, source)
+    x = _select_features(raw, spec, source)
+    x = (x - np.asarray(spec.mean)) / np.asarray(spec.std)
+    return Dataset(torch.from_numpy(x.astype(np.float32)), spec, labels, source)
+
+
+def _label_indices(raw: _Raw, spec: DataSpec, source: str) -> torch.Tensor | None:
+    """Labels as indices into the spec's classes (so a run and new data agree on what 3 means)."""
+    if raw.labels is None or spec.classes is None:
+        return None
+    if raw.classes is not None and raw.classes == spec.classes:
+        return torch.from_numpy(raw.labels.astype(np.int64))
+    index = {name: i for i, name in enumerate(spec.classes)}
+    values = [str(v) for v in raw.labels.tolist()]
+    unknown = next((v for v in values if v not in index), None)
+    if unknown is not None:
+        raise DataError(f"{source}: label {unknown!r} is not one of the model's classes ({', '.join(spec.classes)})")
+    return torch.tensor([index[v] for v in values], dtype=torch.int64)
+
+
+def _select_features(raw: _Raw, spec: DataSpec, source: str) -> np.ndarray:
+    """Table columns in the spec's order: by name where both have names, else by position."""
+    x = raw.x
+    if x.ndim != 2:
+        raise DataError(f"{source}: expected a table (rows, features), got an array of shape {x.shape}")
+    if spec.features is not None and raw.features is not None:
+        missing = [f for f in spec.features if f not in raw.features]
+        if missing:
+            raise DataError(f"{source}: no column {missing[0]!r}, which the model was trained on")
+        return x[:, [raw.features.index(f) for f in spec.features]]
+    if x.shape[1:] != spec.shape:
+        raise DataError(f"{source}: rows have {x.shape[1]} features, the model expects {spec.dim}")
+    return x
 
 
 def _channels_first(x: np.ndarray, source: str) -> np.ndarray:
@@ -179,28 +246,23 @@ def _channels_first(x: np.ndarray, source: str) -> np.ndarray:
     raise DataError(f"{source}: expected items of shape (H, W) or (C, H, W), got array of shape {x.shape}")
 
 
-def _as_levels(x: np.ndarray, spec: DataSpec, source: str) -> np.ndarray:
-    """Integer levels 0..spec.levels-1 in the spec's shape; 8-bit images are requantised to fewer levels."""
-    x = _channels_first(x, source)
+def _as_levels(raw: _Raw, spec: DataSpec, source: str) -> np.ndarray:
+    """Integer levels 0..spec.levels-1 in the spec's shape.
+
+    Image files (8-bit) are requantised to the spec's levels; integers in arrays are taken as levels.
+    """
+    x = _channels_first(raw.x, source)
     if tuple(x.shape[1:]) != spec.shape:
         raise DataError(f"{source}: items have shape {tuple(x.shape[1:])}, the model expects {spec.shape}")
     if x.dtype.kind == "f":
         if x.min() < 0 or x.max() > 1:
             raise DataError(f"{source}: float images must lie in [0, 1], found [{x.min():g}, {x.max():g}]")
         x = np.rint(x * (spec.levels - 1))
-    elif x.dtype == np.uint8 and spec.levels != 256 and x.max() >= spec.levels:
-        x = np.rint(x.astype(np.float64) * (spec.levels - 1) / 255)
+    elif raw.source_levels is not None and raw.source_levels != spec.levels:
+        x = np.rint(x.astype(np.float64) * (spec.levels - 1) / (raw.source_levels - 1))
+    dtype = np.uint8 if spec.levels <= 256 else np.int32
+    if x.dtype == dtype and spec.levels == 256:
+        return x  # every uint8 value is a valid level: no scan, no copy
     if x.min() < 0 or x.max() >= spec.levels:
         raise DataError(f"{source}: values must be integer levels 0..{spec.levels - 1}, found {x.min():g}..{x.max():g}")
-    return x.astype(np.uint8 if spec.levels <= 256 else np.int32)
-
-
-def _fit_standardisation(ds: Dataset) -> DataSpec:
-    mean = ds.x.double().mean(0)
-    std = ds.x.double().std(0).clamp_min(1e-6)
-    return DataSpec("real", ds.spec.shape, mean=tuple(mean.tolist()), std=tuple(std.tolist()))
-
-
-def _standardise(ds: Dataset, spec: DataSpec) -> Dataset:
-    x = (ds.x.double() - torch.tensor(spec.mean, dtype=torch.float64)) / torch.tensor(spec.std, dtype=torch.float64)
-    return Dataset(x.float(), spec, ds.labels, ds.source, ds.label_names)
+    return x.astype(dtype, copy=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -10,16 +11,21 @@ import numpy as np
 from vaekit.errors import DataError
 
 
-def read_array(path: Path, label: str | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """The items (N, ...) and labels (or None) stored in an .npy, .npz or .csv file."""
+def read_array(path: Path, label: str | None = None) -> tuple[np.ndarray, np.ndarray | None, list[str] | None]:
+    """The items (N, ...), labels (or None) and column names (CSV with a header) of an .npy, .npz or .csv file."""
     suffix = path.suffix.lower()
     if suffix == ".csv":
         return _read_csv(path, label)
     try:
         loaded = np.load(path, allow_pickle=False)
     except ValueError as e:
-        raise DataError(f"{path}: cannot read without unpickling, which vaekit refuses ({e})") from None
-    except (OSError, EOFError) as e:
+        if "allow_pickle" in str(e):
+            # NumPy treats anything without its magic bytes as a pickle
+            raise DataError(
+                f"{path}: not a NumPy array file (or one of Python objects, which vaekit never unpickles)"
+            ) from None
+        raise DataError(f"{path}: not a readable NumPy file ({e})") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as e:
         raise DataError(f"{path}: not a readable NumPy file ({e})") from None
     if suffix == ".npz":
         with loaded:
@@ -30,16 +36,19 @@ def read_array(path: Path, label: str | None = None) -> tuple[np.ndarray, np.nda
             y_key = label or next((k for k in ("y", "labels", "targets") if k in keys), None)
             if label is not None and label not in keys:
                 raise DataError(f"{path}: no array named {label!r} (has {', '.join(keys)})")
-            x = loaded[x_key]
-            y = None if y_key is None else loaded[y_key]
+            try:
+                x = loaded[x_key]
+                y = None if y_key is None else loaded[y_key]
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+                raise DataError(f"{path}: a corrupt array inside the .npz file ({e})") from None
     else:
         x, y = loaded, None
         if label is not None:
             raise DataError(f"{path}: --label names a column of a .csv or an array of an .npz, not of an .npy")
-    return _check(path, x), (None if y is None else _check_labels(path, y, len(x)))
+    return _check(path, x), (None if y is None else _check_labels(path, y, len(x))), None
 
 
-def _read_csv(path: Path, label: str | None) -> tuple[np.ndarray, np.ndarray | None]:
+def _read_csv(path: Path, label: str | None) -> tuple[np.ndarray, np.ndarray | None, list[str] | None]:
     try:
         with open(path, newline="", encoding="utf-8") as f:
             rows = [r for r in csv.reader(f) if r]
@@ -71,10 +80,9 @@ def _read_csv(path: Path, label: str | None) -> tuple[np.ndarray, np.ndarray | N
             bad = next(v for v in column if not _is_number(v))
             raise DataError(f"{path}: column {names[j]!r} is not numeric (value {bad!r})") from None
     x = np.asarray(features, dtype=np.float64).T
-    y = None
-    if label_col is not None:
-        _, y = np.unique(np.asarray(columns[label_col]), return_inverse=True)
-    return _check(path, x), y
+    y = None if label_col is None else np.asarray([v.strip() for v in columns[label_col]])
+    feature_names = [n for j, n in enumerate(names) if j != label_col] if header else None
+    return _check(path, x), y, feature_names
 
 
 def _is_number(v: str) -> bool:
@@ -102,6 +110,6 @@ def _check(path: Path, x: np.ndarray) -> np.ndarray:
 
 def _check_labels(path: Path, y: np.ndarray, n: int) -> np.ndarray:
     y = np.asarray(y)
-    if y.shape != (n,) or y.dtype.kind not in "biu":
-        raise DataError(f"{path}: labels must be {n} integers, got dtype {y.dtype} and shape {y.shape}")
-    return y.astype(np.int64)
+    if y.shape != (n,) or y.dtype.kind not in "biuU":
+        raise DataError(f"{path}: labels must be {n} integers or strings, got dtype {y.dtype} and shape {y.shape}")
+    return y

@@ -18,6 +18,8 @@ class DataSpec:
 
     kind "levels": integers 0..levels-1 (8-bit images have 256 levels, `digits` 17).
     kind "real": real-valued features, standardised with the per-feature `mean` and `std`.
+    `features` names the columns of a table (read by name from new CSV files); `classes` names the
+    labels, so that new data's labels map to the same integers.
     """
 
     kind: str
@@ -25,6 +27,8 @@ class DataSpec:
     levels: int | None = None
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    features: tuple[str, ...] | None = None
+    classes: tuple[str, ...] | None = None
 
     @property
     def dim(self) -> int:
@@ -46,8 +50,7 @@ class DataSpec:
             kind=d["kind"],
             shape=tuple(d["shape"]),
             levels=d.get("levels"),
-            mean=tup(d.get("mean")),
-            std=tup(d.get("std")),
+            **{k: tup(d.get(k)) for k in ("mean", "std", "features", "classes")},
         )
 
     def to_unit(self, x: torch.Tensor) -> torch.Tensor:
@@ -76,7 +79,6 @@ class Dataset:
     spec: DataSpec
     labels: torch.Tensor | None = None
     source: str = ""
-    label_names: list[str] | None = None
 
     def __post_init__(self) -> None:
         if tuple(self.x.shape[1:]) != self.spec.shape:
@@ -87,17 +89,13 @@ class Dataset:
     def __len__(self) -> int:
         return len(self.x)
 
+    @property
+    def label_names(self) -> list[str] | None:
+        return None if self.spec.classes is None else list(self.spec.classes)
+
     def subset(self, index: torch.Tensor | np.ndarray | slice) -> Dataset:
         labels = None if self.labels is None else self.labels[index]
-        return Dataset(self.x[index], self.spec, labels, self.source, self.label_names)
-
-    def split(self, heldout_fraction: float, seed: int) -> tuple[Dataset, Dataset]:
-        """A seeded random split into (train, held-out) for sources that have no split of their own."""
-        if len(self) < 2:
-            raise DataError(f"{self.source}: {len(self)} item(s) is too few to hold any out")
-        n_held = min(len(self) - 1, max(1, round(len(self) * heldout_fraction)))
-        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
-        return self.subset(order[n_held:]), self.subset(order[:n_held])
+        return Dataset(self.x[index], self.spec, labels, self.source)
 
     def item(self, index: int) -> torch.Tensor:
         if not -len(self) <= index < len(self):

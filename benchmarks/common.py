@@ -1,0 +1,49 @@
+"""What the benchmarks share: the machine's fp32 matmul peak, the CPU's name, Fashion-MNIST or a stand-in."""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+
+import torch
+
+from vaekit import data
+from vaekit.errors import DataError
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def matmul_gflops(n: int = 1024, repeats: int = 7) -> float:
+    """Median fp32 matmul rate of this machine with torch's threads, in GFLOP/s."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(10):
+            a @ b
+        rates.append(2 * n**3 * 10 / (time.perf_counter() - start) / 1e9)
+    return statistics.median(rates)
+
+
+def fashion_mnist_or_random() -> tuple[data.Dataset, data.Dataset, str]:
+    """(train, test, description): the real data where installed, else random 8-bit images of its shape."""
+    try:
+        train, test = data.load_for_training("fashion-mnist")
+        return train, test, "Fashion-MNIST (60,000 train / 10,000 test)"
+    except DataError:
+        gen = torch.Generator().manual_seed(0)
+        spec = data.DataSpec("levels", (1, 28, 28), levels=256)
+
+        def fake(n: int) -> data.Dataset:
+            return data.Dataset(torch.randint(0, 256, (n, 1, 28, 28), generator=gen, dtype=torch.uint8), spec)
+
+        return fake(60_000), fake(10_000), "RANDOM 8-bit images (Fashion-MNIST is not installed)"
