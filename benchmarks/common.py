@@ -37,7 +37,7 @@ def matmul_gflops(n: int = 1024, repeats: int = 7) -> float:
 def fashion_mnist_or_random() -> tuple[data.Dataset, data.Dataset, str]:
     """(train, test, description): the real data where installed, else random 8-bit images of its shape."""
     try:
-        train, test = data.load_for_training("fashion-mnist")
+        train, test = data.load("fashion-mnist", "train"), data.load("fashion-mnist", "test")
         return train, test, "Fashion-MNIST (60,000 train / 10,000 test)"
     except DataError:
         gen = torch.Generator().manual_seed(0)

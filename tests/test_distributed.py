@@ -7,7 +7,21 @@ import sys
 import torch
 from safetensors.torch import load_file
 
-TINY = ["--hidden", "16", "--latent", "2", "--patience", "0", "--quiet", "--batch-size", "100"]
+TINY = [
+    "--hidden",
+    "16",
+    "--latent",
+    "2",
+    "--patience",
+    "0",
+    "--quiet",
+    "--batch-size",
+    "100",
+    "--precision",
+    "fp32",
+    "--lr-decay",
+    "0",
+]
 
 
 def vaekit(*args):
@@ -37,7 +51,7 @@ def test_two_processes_match_one_and_resume(tmp_path):
     metrics_two = (tmp_path / "two" / "metrics.csv").read_text().splitlines()
     assert len(metrics_one) == len(metrics_two) == 3  # header + 2 epochs, written once (rank 0 only)
 
-    # resume under torchrun: a 1-epoch run extended to 2 epochs equals the 2-epoch run
+    # resume under torchrun: a 1-epoch run extended to 2 epochs equals the 2-epoch run (constant learning rate)
     vaekit("train", "--out", tmp_path / "cut", "--epochs", 1, "--binarize", "dynamic", *TINY)
     config_path = tmp_path / "cut" / "config.json"
     config = json.loads(config_path.read_text())

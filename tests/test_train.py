@@ -154,8 +154,9 @@ def test_checkpoint_is_one_file_with_its_counters(tiny_run):
 
     with safe_open(str(tiny_run.run_dir / "checkpoint.safetensors"), "pt") as f:
         state = json.loads(f.metadata()["state"])
-    n_fit = json.loads((tiny_run.run_dir / "config.json").read_text())["data"]["n_fit"]
-    assert state["epoch"] == 2 and state["step"] == 2 * -(-n_fit // 128)
+    config = json.loads((tiny_run.run_dir / "config.json").read_text())
+    steps_per_epoch = -(-config["data"]["n_fit"] // config["training"]["batch_size"])
+    assert state["epoch"] == 2 and state["step"] == 2 * steps_per_epoch
     assert not (tiny_run.run_dir / "checkpoint.json").exists()
 
 
@@ -174,3 +175,24 @@ def test_tiny_heldout_part_still_gets_figures(tmp_path, rng):
     np.save(tmp_path / "few.npy", rng.integers(0, 17, (40, 8, 8)))
     run = vaekit.train(str(tmp_path / "few.npy"), tmp_path / "r", epochs=1, **TINY)
     assert {"samples.png", "reconstructions.png", "interpolations.png"} <= {p.name for p in run.run_dir.iterdir()}
+
+
+def test_learning_rate_is_constant_then_falls_linearly_to_zero(tmp_path, monkeypatch):
+    seen = []
+    original = train_module.Trainer._step
+
+    def record(self, train_x, batch, beta):
+        seen.append(self.optimizer.param_groups[0]["lr"])
+        return original(self, train_x, batch, beta)
+
+    monkeypatch.setattr(train_module.Trainer, "_step", record)
+    vaekit.train("digits", tmp_path / "r", epochs=10, lr=1e-2, lr_decay=0.5, batch_size=1347, **TINY)
+    assert seen[:5] == [1e-2] * 5  # one step an epoch: constant for the first half
+    assert seen[5:] == pytest.approx([1e-2 * (10 - s) / 5 for s in range(5, 10)])
+
+
+def test_bf16_autocast_trains_to_the_same_elbo_as_fp32(tmp_path):
+    runs = {p: vaekit.train("digits", tmp_path / p, epochs=30, precision=p, **TINY) for p in ("fp32", "bf16")}
+    fp32, bf16 = (min(m["heldout_neg_elbo"] for m in runs[p].metrics) for p in ("fp32", "bf16"))
+    assert abs(fp32 - bf16) < 0.02 * fp32
+    assert runs["bf16"].model.encoder.net[0].weight.dtype == torch.float32  # weights stay fp32

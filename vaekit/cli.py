@@ -112,8 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latent", type=_positive_int, help="latent size (default: by data size)")
     p.add_argument("--hidden", type=_int_list, help="hidden layer sizes, e.g. 512,256")
     p.add_argument("--epochs", type=_positive_int, help="default: about 3000 optimiser steps, at least 10 epochs")
-    p.add_argument("--batch-size", type=_positive_int, default=128)
-    p.add_argument("--lr", type=_finite_float, default=1e-3, help="Adam learning rate")
+    p.add_argument("--batch-size", type=_positive_int, default=256)
+    p.add_argument("--lr", type=_finite_float, default=2e-3, help="Adam learning rate")
+    p.add_argument(
+        "--lr-decay", type=_finite_float, default=0.3, help="fraction of the last steps over which the rate falls to 0"
+    )
     p.add_argument("--beta", type=_finite_float, default=1.0, help="KL weight (beta-VAE)")
     p.add_argument("--warmup", type=_finite_float, default=0.0, help="KL warm-up epochs (linear from 0 to beta)")
     p.add_argument("--free-bits", type=_finite_float, default=0.0, help="nats per latent dimension left unpenalised")
@@ -123,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: cuda where there is one")
+    p.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="bf16 autocast of the matmuls; auto: where this machine runs bf16 faster (weights stay fp32)",
+    )
     p.add_argument("--nproc", type=_positive_int, default=1, help="processes on this machine, launched with torchrun")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -237,8 +246,9 @@ def _train(args: argparse.Namespace) -> None:
             args.data, args.out, likelihood=args.likelihood, arch=args.arch, latent_dim=args.latent,
             hidden=args.hidden, data_dir=args.data_dir, download=args.download, size=args.size, label=args.label,
             heldout_fraction=args.heldout, quiet=args.quiet, epochs=args.epochs, batch_size=args.batch_size,
-            lr=args.lr, beta=args.beta, warmup_epochs=args.warmup, free_bits=args.free_bits,
+            lr=args.lr, lr_decay=args.lr_decay, beta=args.beta, warmup_epochs=args.warmup, free_bits=args.free_bits,
             clip_grad=args.clip_grad, patience=args.patience or None, binarize=args.binarize, seed=args.seed,
+            precision=args.precision,
             device=args.device,
         )  # fmt: skip
     if not distributed.is_main():

@@ -125,11 +125,12 @@ class VAE(nn.Module):
         return x
 
     def encode(self, x: torch.Tensor) -> DiagonalGaussian:
-        mean, logvar = self.encoder(self._encoder_input(x)).chunk(2, dim=-1)
+        # .float(): under bf16 autocast the networks' matmuls run in bf16, the distributions stay in fp32
+        mean, logvar = self.encoder(self._encoder_input(x)).float().chunk(2, dim=-1)
         return DiagonalGaussian(mean, logvar.clamp(-30.0, 20.0))
 
     def decode(self, z: torch.Tensor) -> Bernoulli | Gaussian | DiscretizedLogistic:
-        params = self.decoder(z)
+        params = self.decoder(z).float()
         if self.config.likelihood == "bernoulli":
             return Bernoulli(params[:, 0])
         if self.config.likelihood == "gaussian":
