@@ -4,8 +4,16 @@ import pytest
 import vaekit
 
 
+@pytest.fixture(autouse=True, scope="session")
+def private_cache(tmp_path_factory):
+    """Decoded-data caches go to a temporary folder, never the user's ~/.cache."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("VAEKIT_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
 @pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory):
+def tiny_run(tmp_path_factory, private_cache):
     """A small model trained for two epochs on digits: enough to exercise every command."""
     out = tmp_path_factory.mktemp("runs") / "digits"
     return vaekit.train("digits", out, epochs=2, hidden=(32,), latent_dim=4, quiet=True)

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from vaekit import data
-from vaekit.data import idx
+from vaekit.data import idx, images
 from vaekit.data.dataset import DataSpec
 from vaekit.errors import DataError
 
@@ -238,3 +238,34 @@ def test_corrupt_npz_is_an_error_not_a_traceback(tmp_path, rng):
     (tmp_path / "text.npy").write_text("just some text")
     with pytest.raises(DataError, match="text.npy: not a NumPy array file"):
         data.load(str(tmp_path / "text.npy"))
+
+
+def test_image_folders_are_decoded_once_into_a_memory_mapped_cache(tmp_path, rng, monkeypatch):
+    monkeypatch.setenv("VAEKIT_CACHE", str(tmp_path / "cache"))
+    for i in range(4):
+        save_png(tmp_path / "imgs" / f"{i}.png", rng.integers(0, 256, (6, 6), dtype=np.uint8))
+    first = data.load(str(tmp_path / "imgs"))
+    cached_files = list((tmp_path / "cache").glob("*.npy"))
+    assert len(cached_files) == 1
+
+    def no_decoding(path):
+        raise AssertionError(f"{path} decoded again")
+
+    monkeypatch.setattr(images, "_decode", no_decoding)
+    again = data.load(str(tmp_path / "imgs"))
+    assert torch.equal(first.x, again.x)
+    save_png(tmp_path / "imgs" / "0.png", np.zeros((6, 6), dtype=np.uint8))  # a changed folder is read anew
+    with pytest.raises(AssertionError, match="decoded again"):
+        data.load(str(tmp_path / "imgs"))
+
+
+def test_training_split_of_a_mapped_array_stays_on_disk(tmp_path, rng, monkeypatch):
+    monkeypatch.setenv("VAEKIT_CACHE", str(tmp_path / "cache"))
+    x = rng.integers(0, 256, (500, 4, 4), dtype=np.uint8)
+    np.save(tmp_path / "big.npy", x)
+    fit, heldout = data.load_for_training(str(tmp_path / "big.npy"), heldout_fraction=0.2, seed=3)
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 2  # fit and held-out rows, as maps
+    rows = torch.randperm(500, generator=torch.Generator().manual_seed(3))
+    expected_heldout = np.sort(rows[:100].numpy())
+    assert np.array_equal(heldout.x[:, 0].numpy(), x[expected_heldout])
+    assert len(fit) == 400 and not np.isin(expected_heldout, np.sort(rows[100:].numpy())).any()

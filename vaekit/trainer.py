@@ -112,7 +112,7 @@ def _elbo_sums(model, x, rows, batch_size, generator) -> torch.Tensor:
         x, noise = x[rows], noise[rows]
     totals = torch.zeros(3, dtype=torch.float64, device=x.device)
     for start in range(0, len(x), batch_size):
-        r = model.elbo(x[start : start + batch_size], noise[start : start + batch_size])
+        r = model.elbo(x[start : start + batch_size].float(), noise[start : start + batch_size])
         totals += torch.stack([-r.elbo.sum(), -r.reconstruction.sum(), r.kl.sum()]).double()
     model.train(was_training)
     return totals
@@ -143,6 +143,13 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     if precision == "bf16" or (precision == "auto" and bf16_is_faster(device.type)):
         return torch.bfloat16
     return torch.float32
+
+
+def _prepared(model: VAE, raw: torch.Tensor, generator: torch.Generator, chunk: int = 65536) -> torch.Tensor:
+    """Model-space data, kept as uint8 where the values are levels or bits (a quarter of float32's memory)."""
+    compact = model.spec.kind == "levels" and model.spec.levels <= 256
+    parts = [model.prepare(raw[i : i + chunk], generator) for i in range(0, len(raw), chunk)]
+    return torch.cat([p.to(torch.uint8) for p in parts] if compact else parts)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -202,9 +209,9 @@ class Trainer:
         steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
         warmup_steps = cfg.warmup_epochs * steps_per_epoch
         train_x = train.x.to(self.device)  # moved once; uint8 where the data are levels
-        heldout_x = model.prepare(heldout.x, torch.Generator().manual_seed(EVAL_SEED)).to(self.device)
+        heldout_x = _prepared(model, heldout.x, torch.Generator().manual_seed(EVAL_SEED)).to(self.device)
         if cfg.binarize == "static":
-            train_x = model.prepare(train.x, torch.Generator().manual_seed(cfg.seed)).to(self.device)
+            train_x = _prepared(model, train.x, torch.Generator().manual_seed(cfg.seed)).to(self.device)
         bar = tqdm(
             total=epochs * steps_per_epoch, initial=self.step, disable=True if self.quiet or self.rank else None,
             unit="step", dynamic_ncols=True, leave=False,

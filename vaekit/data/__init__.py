@@ -11,6 +11,7 @@ there is no own split) is held out for early stopping, so the test split stays u
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import NamedTuple
@@ -18,7 +19,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from vaekit.data import arrays, idx, images
+from vaekit.data import arrays, cache, idx, images
 from vaekit.data.dataset import Dataset, DataSpec
 from vaekit.errors import DataError
 
@@ -126,8 +127,15 @@ def _split_rows(n: int, fraction: float, seed: int, source: str) -> tuple[torch.
 
 
 def _take(raw: _Raw, rows: torch.Tensor) -> _Raw:
+    """The given rows; of a memory-mapped source, copied to the cache rather than into memory."""
     rows = rows.numpy()
-    return raw._replace(x=raw.x[rows], labels=None if raw.labels is None else raw.labels[rows])
+    x = raw.x
+    if isinstance(x, np.memmap) and x.filename is not None:
+        key = ["rows", cache.fingerprint(Path(x.filename)), hashlib.sha256(rows.tobytes()).hexdigest()]
+        x = cache.take_rows(x, rows, key)
+    else:
+        x = x[rows]
+    return raw._replace(x=x, labels=None if raw.labels is None else raw.labels[rows])
 
 
 def _read(source, split, data_dir, download, size, label, spec) -> _Raw:

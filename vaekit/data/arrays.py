@@ -16,10 +16,10 @@ def read_array(path: Path, label: str | None = None) -> tuple[np.ndarray, np.nda
     suffix = path.suffix.lower()
     if suffix == ".csv":
         return _read_csv(path, label)
-    try:
-        loaded = np.load(path, allow_pickle=False)
+    try:  # an .npy is memory-mapped: nothing is read until used
+        loaded = np.load(path, allow_pickle=False, mmap_mode="c" if suffix == ".npy" else None)
     except ValueError as e:
-        if "allow_pickle" in str(e):
+        if "allow_pickle" in str(e) or "Python objects" in str(e):
             # NumPy treats anything without its magic bytes as a pickle
             raise DataError(
                 f"{path}: not a NumPy array file (or one of Python objects, which vaekit never unpickles)"

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from vaekit._atomic import atomic_path
+from vaekit.data import cache
 from vaekit.errors import DataError
 
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -68,6 +69,13 @@ def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
             tmp.write_bytes(payload)
 
 
+def _cached_images(path: Path) -> np.ndarray:
+    """An IDX file decoded (and decompressed) once into the memory-mapped cache."""
+    key = ["idx", cache.fingerprint(path)]
+    hit = cache.lookup(key)
+    return hit if hit is not None else cache.store(key, read_idx(path))
+
+
 def find_split_file(directory: Path, stem: str) -> Path | None:
     for name in (stem, stem + ".gz", stem.replace("-idx", ".idx")):
         if (directory / name).is_file():
@@ -85,7 +93,7 @@ def read_split(directory: Path, split: str) -> tuple[np.ndarray, np.ndarray | No
     images_path = find_split_file(directory, images_stem)
     if images_path is None:
         raise DataError(f"{directory}: no {images_stem}[.gz] for the {split} split")
-    images = read_idx(images_path)
+    images = _cached_images(images_path)
     if images.ndim != 3:
         raise DataError(f"{images_path}: expected a 3-D array of images, got shape {images.shape}")
     labels_path = find_split_file(directory, labels_stem)

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from tqdm.auto import tqdm
 
+from vaekit.data import cache
 from vaekit.errors import DataError
 
 
@@ -24,14 +26,24 @@ def _image_files(folder: Path) -> tuple[list[Path], list[str] | None]:
     return files, labels
 
 
-def _open(path: Path) -> Image.Image:
+def _header(path: Path) -> tuple[str, tuple[int, int]]:
+    """An image's mode and (width, height), from its header alone."""
     try:
-        image = Image.open(path)
-        image.load()
-        return image
+        with Image.open(path) as image:
+            return image.mode, image.size
+    except UnidentifiedImageError:
+        raise DataError(f"{path}: not an image") from None
+    except OSError as e:
+        raise DataError(f"{path}: unreadable image ({e})") from None
+
+
+def _decode(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return _eight_bit(image)
     except (UnidentifiedImageError, OSError, ValueError) as e:
-        reason = "not an image" if isinstance(e, UnidentifiedImageError) else f"unreadable image ({e})"
-        raise DataError(f"{path}: {reason}") from None
+        raise DataError(f"{path}: unreadable image ({e})") from None
 
 
 def _eight_bit(image: Image.Image) -> Image.Image:
@@ -45,7 +57,8 @@ def _eight_bit(image: Image.Image) -> Image.Image:
 def read_folder(
     folder: Path, size: tuple[int, int] | None = None, channels: int | None = None
 ) -> tuple[np.ndarray, list[str] | None]:
-    """Images as uint8 (N, C, H, W) and each one's sub-folder name as its label (or None).
+    """Images as uint8 (N, C, H, W), memory-mapped from the cache, and each one's sub-folder name as
+    its label (or None). Decoded once; later reads of the same unchanged folder come from the cache.
 
     `size` is (height, width); without it every image must have the same size. `channels` is 1 or 3;
     without it the folder is grey when every image is grey, RGB otherwise.
@@ -53,25 +66,29 @@ def read_folder(
     files, labels = _image_files(folder)
     if not files:
         raise DataError(f"{folder}: the folder holds no image files")
-    images = [_eight_bit(_open(p)) for p in files]
+    headers = [_header(p) for p in files]
     if channels is None:
-        channels = 1 if all(im.mode in ("1", "L", "I", "I;16", "F") for im in images) else 3
-    mode = "L" if channels == 1 else "RGB"
+        channels = 1 if all(mode in ("1", "L", "I", "I;16", "F") for mode, _ in headers) else 3
     if size is None:
-        sizes = {im.size for im in images}
+        sizes = sorted({wh for _, wh in headers})
         if len(sizes) > 1:
-            (w1, h1), (w2, h2) = sorted(sizes)[:2]
-            first = next(p for p, im in zip(files, images, strict=True) if im.size == (w1, h1))
-            other = next(p for p, im in zip(files, images, strict=True) if im.size == (w2, h2))
+            (w1, h1), (w2, h2) = sizes[:2]
+            first = next(p for p, (_, wh) in zip(files, headers, strict=True) if wh == (w1, h1))
+            other = next(p for p, (_, wh) in zip(files, headers, strict=True) if wh == (w2, h2))
             raise DataError(
                 f"{folder}: images have mixed sizes ({first.name} is {h1}x{w1}, {other.name} is {h2}x{w2}); "
                 "give one size with --size HxW"
             )
-    arrays = []
-    for im in images:
-        im = im.convert(mode)
-        if size is not None and im.size != (size[1], size[0]):
-            im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-        a = np.asarray(im, dtype=np.uint8)
-        arrays.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
-    return np.stack(arrays), labels
+        size = (sizes[0][1], sizes[0][0])
+    mode = "L" if channels == 1 else "RGB"
+
+    def fill(out: np.ndarray) -> None:
+        for i, path in enumerate(tqdm(files, desc="decoding images", unit="image", leave=False, disable=None)):
+            image = _decode(path).convert(mode)
+            if image.size != (size[1], size[0]):
+                image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+            a = np.asarray(image, dtype=np.uint8)
+            out[i] = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+
+    key = ["image-folder", cache.fingerprint(folder), list(size), channels]
+    return cache.cached(key, (len(files), channels, *size), np.dtype(np.uint8), fill), labels
