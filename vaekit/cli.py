@@ -105,14 +105,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(p, default_data="digits")
     p.add_argument("--out", help="run folder to create (default: a new folder under runs/)")
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last checkpoint")
-    p.add_argument("--heldout", type=float, default=0.1, help="held-out fraction when the source has no test split")
+    p.add_argument(
+        "--heldout",
+        type=float,
+        default=0.1,
+        help="fraction of the training data held out for early stopping (default 0.1)",
+    )
     p.add_argument("--likelihood", choices=LIKELIHOODS, help="default: fits the data (discretized_logistic for levels)")
     p.add_argument("--binarize", choices=("static", "dynamic"), help="binarise images and use a Bernoulli likelihood")
     p.add_argument("--arch", choices=ARCHS, default="mlp", help="encoder/decoder family (default: mlp)")
     p.add_argument("--latent", type=_positive_int, help="latent size (default: by data size)")
     p.add_argument("--hidden", type=_int_list, help="hidden layer sizes, e.g. 512,256")
-    p.add_argument("--epochs", type=_positive_int, help="default: about 3000 optimiser steps, at least 10 epochs")
-    p.add_argument("--batch-size", type=_positive_int, default=256)
+    p.add_argument("--epochs", type=_positive_int, help="default: about 2000 optimiser steps, at least 5 epochs")
+    p.add_argument("--batch-size", type=_positive_int, default=256, help="global batch size (default 256)")
     p.add_argument("--lr", type=_finite_float, default=2e-3, help="Adam learning rate")
     p.add_argument(
         "--lr-decay", type=_finite_float, default=0.3, help="fraction of the last steps over which the rate falls to 0"
