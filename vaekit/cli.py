@@ -19,6 +19,7 @@ from vaekit._atomic import atomic_path, write_text
 from vaekit.errors import OptionError, VaekitError
 from vaekit.evaluate import encode_means, evaluate
 from vaekit.models import ARCHS, LIKELIHOODS, VAE
+from vaekit.trainer import PRECISIONS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: cuda where there is one")
     p.add_argument(
         "--precision",
-        choices=("auto", "fp32", "bf16"),
+        choices=PRECISIONS,
         default="auto",
         help="bf16 autocast of the matmuls; auto: where this machine runs bf16 faster (weights stay fp32)",
     )

@@ -28,8 +28,9 @@ def evaluate(model: VAE, data: Dataset, probe: bool = True, seed: int = EVAL_SEE
         result["binarization"] = f"static draw, seed {seed}"
     elbo = evaluate_elbo(model, x, generator=torch.Generator().manual_seed(seed))
     result.update(elbo)
-    if model.spec.kind != "real":  # a code length only for discrete data
-        result["bits_per_dim"] = bits_per_dim(elbo["neg_elbo"], model)
+    bpd = bits_per_dim(elbo["neg_elbo"], model)  # None for continuous data: no code length
+    if bpd is not None:
+        result["bits_per_dim"] = bpd
     means, _ = encode_means(model, x)
     result["active_units"] = int((means.var(0) > ACTIVE_UNIT_THRESHOLD).sum()) if len(data) > 1 else 0
     result["latent_dim"] = model.latent_dim

@@ -86,6 +86,10 @@ class ELBOResult:
     def elbo(self) -> torch.Tensor:
         return self.reconstruction - self.kl
 
+    def totals(self) -> torch.Tensor:
+        """Sums over the batch of -ELBO, -reconstruction and KL, in float64 (for running means)."""
+        return torch.stack([-self.elbo.sum(), -self.reconstruction.sum(), self.kl.sum()]).detach().double()
+
 
 class VAE(nn.Module):
     def __init__(self, config: ModelConfig):

@@ -113,7 +113,7 @@ def _elbo_sums(model, x, rows, batch_size, generator) -> torch.Tensor:
     totals = torch.zeros(3, dtype=torch.float64, device=x.device)
     for start in range(0, len(x), batch_size):
         r = model.elbo(x[start : start + batch_size].float(), noise[start : start + batch_size])
-        totals += torch.stack([-r.elbo.sum(), -r.reconstruction.sum(), r.kl.sum()]).double()
+        totals += r.totals()
     model.train(was_training)
     return totals
 
@@ -228,7 +228,7 @@ class Trainer:
                 self._set_learning_rate(epochs * steps_per_epoch)
                 loss, r = self._step(train_x, batch, beta)
                 self.step += 1
-                sums += torch.stack([-r.elbo.sum(), -r.reconstruction.sum(), r.kl.sum()]).detach().double()
+                sums += r.totals()
                 if self.step % check_every == 0 or i + cfg.batch_size >= len(train):
                     value = loss.item()
                     if not math.isfinite(value):
