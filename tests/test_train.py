@@ -96,8 +96,8 @@ def test_nan_loss_stops_with_epoch_and_step(tmp_path, monkeypatch):
     original = VAE.elbo
     calls = {"n": 0}
 
-    def poisoned(self, x, noise=None):
-        result = original(self, x, noise)
+    def poisoned(self, x, noise=None, y=None):
+        result = original(self, x, noise, y)
         calls["n"] += 1
         if calls["n"] == 3:
             result.reconstruction = result.reconstruction * float("nan")
@@ -181,9 +181,9 @@ def test_learning_rate_is_constant_then_falls_linearly_to_zero(tmp_path, monkeyp
     seen = []
     original = train_module.Trainer._step
 
-    def record(self, train_x, batch, beta):
+    def record(self, train_x, train_y, batch, beta):
         seen.append(self.optimizer.param_groups[0]["lr"])
-        return original(self, train_x, batch, beta)
+        return original(self, train_x, train_y, batch, beta)
 
     monkeypatch.setattr(train_module.Trainer, "_step", record)
     vaekit.train("digits", tmp_path / "r", epochs=10, lr=1e-2, lr_decay=0.5, batch_size=1347, **TINY)

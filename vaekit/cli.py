@@ -18,8 +18,8 @@ from vaekit import io as model_io
 from vaekit._atomic import atomic_path, write_text
 from vaekit.errors import OptionError, VaekitError
 from vaekit.evaluate import encode_means, evaluate
-from vaekit.models import ARCHS, LIKELIHOODS, VAE
-from vaekit.trainer import PRECISIONS
+from vaekit.models import ARCHS, LIKELIHOODS, PRIORS, LatentVariableModel
+from vaekit.trainer import MIN_EPOCHS, OBJECTIVES, PRECISIONS, TARGET_STEPS, TrainConfig, labels_for
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,6 +90,7 @@ def _finite_float(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    defaults = TrainConfig()
     parser = argparse.ArgumentParser(prog="vaekit", description="Variational Autoencoders on PyTorch.")
     parser.add_argument("--version", action="version", version=f"vaekit {vaekit.__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -117,16 +118,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", choices=ARCHS, default="mlp", help="encoder/decoder family (default: mlp)")
     p.add_argument("--latent", type=_positive_int, help="latent size (default: by data size)")
     p.add_argument("--hidden", type=_int_list, help="hidden layer sizes, e.g. 512,256")
-    p.add_argument("--epochs", type=_positive_int, help="default: about 2000 optimiser steps, at least 5 epochs")
-    p.add_argument("--batch-size", type=_positive_int, default=256, help="global batch size (default 256)")
-    p.add_argument("--lr", type=_finite_float, default=2e-3, help="Adam learning rate")
+    p.add_argument("--prior", choices=PRIORS, default="normal", help="normal, or vamp: the VampPrior (default normal)")
+    p.add_argument("--pseudo-inputs", type=_positive_int, default=500, help="the VampPrior's K (default 500)")
+    p.add_argument("--conditional", action="store_true", help="a conditional VAE: labels into encoder and decoder")
     p.add_argument(
-        "--lr-decay", type=_finite_float, default=0.3, help="fraction of the last steps over which the rate falls to 0"
+        "--layers", type=_int_list, default=(), help="a hierarchical VAE: latent sizes bottom to top, e.g. 32,16"
     )
+    p.add_argument("--objective", choices=OBJECTIVES, default="elbo", help="elbo, or iwae (with --k samples)")
+    p.add_argument("--k", type=_positive_int, default=defaults.k, help=f"IWAE samples (default {defaults.k})")
+    p.add_argument(
+        "--epochs",
+        type=_positive_int,
+        help=f"default: about {TARGET_STEPS} optimiser steps, at least {MIN_EPOCHS} epochs",
+    )
+    p.add_argument(
+        "--batch-size", type=_positive_int, default=defaults.batch_size,
+        help=f"global batch size (default {defaults.batch_size})",
+    )  # fmt: skip
+    p.add_argument("--lr", type=_finite_float, default=defaults.lr, help=f"Adam learning rate (default {defaults.lr})")
+    p.add_argument(
+        "--lr-decay", type=_finite_float, default=defaults.lr_decay,
+        help=f"fraction of the last steps over which the rate falls to 0 (default {defaults.lr_decay})",
+    )  # fmt: skip
     p.add_argument("--beta", type=_finite_float, default=1.0, help="KL weight (beta-VAE)")
     p.add_argument("--warmup", type=_finite_float, default=0.0, help="KL warm-up epochs (linear from 0 to beta)")
     p.add_argument("--free-bits", type=_finite_float, default=0.0, help="nats per latent dimension left unpenalised")
     p.add_argument("--clip-grad", type=_finite_float, help="clip the gradient norm to this value")
+    p.add_argument("--skip-threshold", type=_finite_float, help="skip updates whose gradient norm exceeds this")
     p.add_argument(
         "--patience", type=int, default=20, help="stop after this many epochs without held-out gain (0: never)"
     )
@@ -153,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--temperature", type=_finite_float, default=1.0, help="scales the prior's stddev: lower, less diverse"
     )
     p.add_argument("--draw", action="store_true", help="draw x from p(x|z) instead of showing its mean")
+    p.add_argument("--label", help="a conditional model's class (name or number; default: every class in turn)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-o", "--output", required=True, help=".png (a grid) or .npy (values in data units)")
 
@@ -213,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_run_data_options(p)
     p.add_argument("--no-probe", action="store_true", help="skip the logistic-regression probe")
+    p.add_argument("--nll", action="store_true", help="add the importance-sampled negative log-likelihood")
+    p.add_argument("--k", type=_positive_int, default=1000, help="importance samples per item for --nll (default 1000)")
     p.add_argument("-o", "--output", help="write the metrics as JSON")
     return parser
 
@@ -250,7 +271,9 @@ def _train(args: argparse.Namespace) -> None:
     else:
         run = vaekit.train(
             args.data, args.out, likelihood=args.likelihood, arch=args.arch, latent_dim=args.latent,
-            hidden=args.hidden, data_dir=args.data_dir, download=args.download, size=args.size, label=args.label,
+            hidden=args.hidden, prior=args.prior, pseudo_inputs=args.pseudo_inputs, conditional=args.conditional,
+            layers=args.layers, objective=args.objective, k=args.k, skip_threshold=args.skip_threshold,
+            data_dir=args.data_dir, download=args.download, size=args.size, label=args.label,
             heldout_fraction=args.heldout, quiet=args.quiet, epochs=args.epochs, batch_size=args.batch_size,
             lr=args.lr, lr_decay=args.lr_decay, beta=args.beta, warmup_epochs=args.warmup, free_bits=args.free_bits,
             clip_grad=args.clip_grad, patience=args.patience or None, binarize=args.binarize, seed=args.seed,
@@ -267,7 +290,7 @@ def _train(args: argparse.Namespace) -> None:
     )
 
 
-def _load_run(args) -> tuple[VAE, vdata.Dataset | None]:
+def _load_run(args) -> tuple[LatentVariableModel, vdata.Dataset | None]:
     """The model, and the data named by --data (default: the run's own source) read through its spec."""
     model = vaekit.load(args.run)
     if not hasattr(args, "split"):
@@ -296,7 +319,7 @@ def _check_suffix(path: str, allowed: tuple[str, ...]) -> str:
     return suffix
 
 
-def _write_items(path: str, model: VAE, items: torch.Tensor, ncols: int) -> None:
+def _write_items(path: str, model: LatentVariableModel, items: torch.Tensor, ncols: int) -> None:
     """A PNG grid of items (model space), or an .npy of them in the source's units (suffix already checked)."""
     if Path(path).suffix.lower() == ".png":
         if not model.spec.is_image:
@@ -312,30 +335,52 @@ def _sample(args) -> None:
     _check_suffix(args.output, (".png", ".npy"))
     model, _ = _load_run(args)
     gen = torch.Generator().manual_seed(args.seed)
-    items = model.sample(args.n, args.temperature, mean=not args.draw, generator=gen)
+    y = None if args.label is None else _class_index(model, args.label)
+    items = model.sample(args.n, args.temperature, mean=not args.draw, generator=gen, y=y)
     _write_items(args.output, model, items, ncols=math.ceil(math.sqrt(args.n)))
+
+
+def _class_index(model: LatentVariableModel, label: str) -> int:
+    """A class given by name (as the data named it) or by number."""
+    if not model.conditional:
+        raise OptionError("--label: this model is not conditional (train with --conditional)")
+    names = model.spec.classes or ()
+    if label in names:
+        return names.index(label)
+    if label.lstrip("-").isdigit() and 0 <= int(label) < model.config.classes:
+        return int(label)
+    known = ", ".join(names) if names else f"0..{model.config.classes - 1}"
+    raise OptionError(f"--label {label!r}: not a class of this model ({known})")
 
 
 def _reconstruct(args) -> None:
     _check_suffix(args.output, (".png", ".npy"))
     model, dataset = _load_run(args)
     x = model.prepare(dataset.x[: args.n], torch.Generator().manual_seed(0))
-    recon = model.reconstruct(x)
+    y = labels_for(model, dataset)
+    recon = model.reconstruct(x, None if y is None else y[: args.n])
     if Path(args.output).suffix.lower() == ".npy":
         _write_items(args.output, model, recon, len(x))
     else:
         _write_items(args.output, model, torch.cat([x, recon]), len(x))
 
 
-def _item(model: VAE, dataset: vdata.Dataset, index: int) -> torch.Tensor:
+def _item(model: LatentVariableModel, dataset: vdata.Dataset, index: int) -> torch.Tensor:
     return model.prepare(dataset.item(index).unsqueeze(0), torch.Generator().manual_seed(0))[0]
+
+
+def _item_label(model: LatentVariableModel, dataset: vdata.Dataset, index: int) -> int | None:
+    """A conditional model's label for one item (None for an unconditional model)."""
+    y = labels_for(model, dataset)
+    return None if y is None else int(y[index])
 
 
 def _interpolate(args) -> None:
     _check_suffix(args.output, (".png", ".npy"))
     model, dataset = _load_run(args)
     x0, x1 = _item(model, dataset, args.start), _item(model, dataset, args.end)
-    path = latent.interpolate(model, x0, x1, args.steps, spherical=args.slerp)
+    y = _item_label(model, dataset, args.start)  # a conditional model draws the path under the first item's class
+    path = latent.interpolate(model, x0, x1, args.steps, spherical=args.slerp, y=y)
     _write_items(args.output, model, path, ncols=args.steps)
 
 
@@ -343,14 +388,16 @@ def _traverse(args) -> None:
     _check_suffix(args.output, (".png", ".npy"))
     model, dataset = _load_run(args)
     dims = list(args.dims) if args.dims else list(range(model.latent_dim))
-    grid = latent.traverse(model, _item(model, dataset, args.index), dims, args.extent, args.steps)
+    item, y = _item(model, dataset, args.index), _item_label(model, dataset, args.index)
+    grid = latent.traverse(model, item, dims, args.extent, args.steps, y=y)
     _write_items(args.output, model, grid.flatten(0, 1), ncols=args.steps)
 
 
 def _encode(args) -> None:
     suffix = _check_suffix(args.output, (".npy", ".npz", ".csv"))
     model, dataset = _load_run(args)
-    mean, logvar = encode_means(model, model.prepare(dataset.x, torch.Generator().manual_seed(0)))
+    x = model.prepare(dataset.x, torch.Generator().manual_seed(0))
+    mean, logvar = encode_means(model, x, labels_for(model, dataset))
     columns = {"mean": mean.numpy()}
     if args.logvar:
         columns["logvar"] = logvar.numpy()
@@ -381,7 +428,7 @@ def _evaluate(args) -> None:
         "run": str(args.run),
         "data": dataset.source,
         "split": args.split,
-        **evaluate(model, dataset, probe=not args.no_probe),
+        **evaluate(model, dataset, probe=not args.no_probe, nll_k=args.k if args.nll else None),
     }
     width = max(len(k) for k in result)
     for key, value in result.items():

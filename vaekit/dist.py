@@ -1,7 +1,8 @@
 """Distributions used by the models: diagonal Gaussian posterior/prior and the likelihoods.
 
-Each `log_prob` sums over all but the first (batch) dimension and returns one value per example,
-in nats. Likelihoods are parameterised by unconstrained network outputs (logits, log-scales) so
+A likelihood's `log_prob(x)` sums over the data dimensions of x (all but its first, the batch) and
+returns one value per example, in nats; its parameters may carry extra leading dimensions (samples of
+z), which broadcast against x. Likelihoods are parameterised by unconstrained network outputs (logits, log-scales) so
 that their log-probabilities stay finite and stable.
 """
 
@@ -15,8 +16,9 @@ import torch.nn.functional as F
 _LOG_2PI = math.log(2 * math.pi)
 
 
-def _sum_except_batch(t: torch.Tensor) -> torch.Tensor:
-    return t.flatten(1).sum(1)
+def _sum_data_dims(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Sum of t over the trailing dimensions that x's items have (x: (batch, *item_shape))."""
+    return t.sum(dim=tuple(range(-(x.dim() - 1), 0))) if x.dim() > 1 else t
 
 
 class DiagonalGaussian:
@@ -47,6 +49,34 @@ class DiagonalGaussian:
         """KL(self || N(0, I)) per latent dimension, in closed form."""
         return 0.5 * (self.mean**2 + torch.exp(self.logvar) - 1 - self.logvar)
 
+    def kl_per_dim(self, other: DiagonalGaussian) -> torch.Tensor:
+        """KL(self || other) per dimension, in closed form."""
+        ratio = torch.exp(self.logvar - other.logvar)
+        return 0.5 * ((self.mean - other.mean) ** 2 * torch.exp(-other.logvar) + ratio - 1 - torch.log(ratio))
+
+
+class GaussianMixture:
+    """An equal-weight mixture of K diagonal Gaussians over the last dimension (the VampPrior's form).
+
+    means, logvars: (K, dim).
+    """
+
+    def __init__(self, means: torch.Tensor, logvars: torch.Tensor):
+        self.means, self.logvars = means, logvars
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """log (1/K) sum_k N(z; mean_k, var_k), for z of shape (..., dim), by logsumexp over the components."""
+        per_component = DiagonalGaussian(self.means, self.logvars).log_prob(z.unsqueeze(-2))  # (..., K)
+        return torch.logsumexp(per_component, -1) - math.log(len(self.means))
+
+    def rsample(self, n: int | None = None, temperature: float = 1.0, generator=None) -> torch.Tensor:
+        """Draws: a uniformly chosen component each, its stddev scaled by `temperature`."""
+        count = 1 if n is None else n
+        pick = torch.randint(len(self.means), (count,), device=self.means.device, generator=generator)
+        eps = torch.randn(count, self.means.shape[-1], device=self.means.device, generator=generator)
+        z = self.means[pick] + temperature * torch.exp(0.5 * self.logvars[pick]) * eps
+        return z[0] if n is None else z
+
 
 class Bernoulli:
     """Independent Bernoulli pixels with the given logits."""
@@ -59,7 +89,8 @@ class Bernoulli:
         return torch.sigmoid(self.logits)
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        return -_sum_except_batch(F.binary_cross_entropy_with_logits(self.logits, x, reduction="none"))
+        target = x.expand_as(self.logits) if x.shape != self.logits.shape else x
+        return -_sum_data_dims(F.binary_cross_entropy_with_logits(self.logits, target, reduction="none"), x)
 
     def sample(self, generator=None) -> torch.Tensor:
         return torch.bernoulli(self.mean, generator=generator)
@@ -76,7 +107,7 @@ class Gaussian:
         return self.loc
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        return -0.5 * _sum_except_batch(_LOG_2PI + self.logvar + (x - self.loc) ** 2 * torch.exp(-self.logvar))
+        return -0.5 * _sum_data_dims(_LOG_2PI + self.logvar + (x - self.loc) ** 2 * torch.exp(-self.logvar), x)
 
     def sample(self, generator=None) -> torch.Tensor:
         eps = torch.randn(self.loc.shape, device=self.loc.device, dtype=self.loc.dtype, generator=generator)
@@ -106,7 +137,7 @@ class DiscretizedLogistic:
         return torch.where(x <= 0, first, torch.where(x >= self.levels - 1, last, middle))
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        return _sum_except_batch(self._log_prob_elementwise(x))
+        return _sum_data_dims(self._log_prob_elementwise(x), x)
 
     def probs(self) -> torch.Tensor:
         """Probabilities of every level, in a new last dimension."""

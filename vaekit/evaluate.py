@@ -1,43 +1,93 @@
-"""Evaluation of a trained model on a data set: -ELBO and its parts, bits/dim, active units, a linear probe."""
+"""Evaluation of a trained model on a data set: -ELBO and its parts, the importance-sampled negative
+log-likelihood, bits/dim, active units, a linear probe."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from vaekit.data import Dataset
-from vaekit.models import VAE
-from vaekit.trainer import EVAL_SEED, bits_per_dim, evaluate_elbo
+from vaekit.models import LatentVariableModel
+from vaekit.trainer import EVAL_SEED, bits_per_dim, evaluate_elbo, labels_for
 
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. 2016: a unit is active when Cov_x(E_q[z_j]) exceeds this
 PROBE_MAX_ITEMS = 10_000
 
 
 @torch.no_grad()
-def encode_means(model: VAE, x: torch.Tensor, batch_size: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
-    """Posterior means and log-variances of model-space data, batch by batch."""
-    parts = [model.encode(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+def encode_means(
+    model: LatentVariableModel, x: torch.Tensor, y: torch.Tensor | None = None, batch_size: int = 1000
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior means and log-variances of model-space data (labels y, for a conditional model), batch by batch."""
+    parts = [
+        model.encode(x[i : i + batch_size], None if y is None else y[i : i + batch_size])
+        for i in range(0, len(x), batch_size)
+    ]
     return torch.cat([p.mean for p in parts]), torch.cat([p.logvar for p in parts])
 
 
-def evaluate(model: VAE, data: Dataset, probe: bool = True, seed: int = EVAL_SEED) -> dict[str, float | int | str]:
-    """Per-example means in nats (and bits/dim) over `data`; Bernoulli models see one seeded binarisation."""
+def evaluate(
+    model: LatentVariableModel, data: Dataset, probe: bool = True, seed: int = EVAL_SEED, nll_k: int | None = None
+) -> dict[str, float | int | str]:
+    """Per-example means in nats (and bits/dim) over `data`; Bernoulli models see one seeded binarisation.
+
+    nll_k: also the importance-sampled negative log-likelihood with this many samples per item.
+    """
     x = model.prepare(data.x, torch.Generator().manual_seed(seed))
+    y = labels_for(model, data)
     result: dict[str, float | int | str] = {"examples": len(data), "likelihood": model.config.likelihood}
     if model.config.likelihood == "bernoulli":
         result["binarization"] = f"static draw, seed {seed}"
-    elbo = evaluate_elbo(model, x, generator=torch.Generator().manual_seed(seed))
+    elbo = evaluate_elbo(model, x, generator=torch.Generator().manual_seed(seed), y=y)
     result.update(elbo)
     bpd = bits_per_dim(elbo["neg_elbo"], model)  # None for continuous data: no code length
     if bpd is not None:
         result["bits_per_dim"] = bpd
-    means, _ = encode_means(model, x)
+    if nll_k is not None:
+        result.update(negative_log_likelihood(model, x, nll_k, y, seed))
+    means, _ = encode_means(model, x, y)
     result["active_units"] = int((means.var(0) > ACTIVE_UNIT_THRESHOLD).sum()) if len(data) > 1 else 0
     result["latent_dim"] = model.latent_dim
     if probe and data.labels is not None:
         accuracy = probe_accuracy(means.numpy(), data.labels.numpy(), seed)
         if accuracy is not None:
             result["probe_accuracy"] = accuracy
+    return result
+
+
+def negative_log_likelihood(
+    model: LatentVariableModel,
+    x: torch.Tensor,
+    k: int,
+    y: torch.Tensor | None = None,
+    seed: int = EVAL_SEED,
+    batch_size: int | None = None,
+    progress: bool = True,
+) -> dict[str, float | int]:
+    """Mean importance-sampled -log p(x) over model-space data x, in nats, with its standard error.
+
+    `nll_stderr` is the standard error of the mean from the importance sampling alone (the items are
+    fixed): sqrt(sum of the per-item squared standard errors) / n.
+    """
+    batch_size = batch_size or max(1, min(len(x), 500))
+    generator = torch.Generator(x.device).manual_seed(seed)
+    log_px, variance = torch.zeros(len(x), dtype=torch.float64), torch.zeros(len(x), dtype=torch.float64)
+    with tqdm(
+        total=len(x), unit="item", desc=f"log p(x), k={k}", leave=False, disable=None if progress else True
+    ) as bar:
+        for start in range(0, len(x), batch_size):
+            part = slice(start, start + batch_size)
+            est = model.importance_sampled(x[part].float(), k, None if y is None else y[part], generator)
+            log_px[part], variance[part] = est.log_px.cpu(), est.stderr.cpu() ** 2
+            bar.update(len(est.log_px))
+    nll = -float(log_px.mean())
+    result: dict[str, float | int] = {"nll": nll, "nll_stderr": math.sqrt(float(variance.sum())) / len(x), "nll_k": k}
+    bpd = bits_per_dim(nll, model)
+    if bpd is not None:
+        result["nll_bits_per_dim"] = bpd
     return result
 
 

@@ -18,14 +18,14 @@ from safetensors.torch import load_file, save_file
 from vaekit import __version__
 from vaekit._atomic import atomic_path, write_text
 from vaekit.errors import ModelFileError
-from vaekit.models import VAE, ModelConfig
+from vaekit.models import LatentVariableModel, ModelConfig, build
 
 CONFIG, WEIGHTS = "config.json", "model.safetensors"
 CHECKPOINT = "checkpoint.safetensors"
 FORMAT = "vaekit-run"
 
 
-def save_config(run_dir: str | os.PathLike, model: VAE, **sections: Any) -> None:
+def save_config(run_dir: str | os.PathLike, model: LatentVariableModel, **sections: Any) -> None:
     """Write config.json: the model's architecture and data spec, plus any further sections (training, data)."""
     config = {"format": FORMAT, "vaekit_version": __version__, "model": model.config.to_dict(), **sections}
     write_text(Path(run_dir) / CONFIG, json.dumps(config, indent=2) + "\n")
@@ -61,11 +61,11 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
         raise ModelFileError(f"{path}: corrupt safetensors file ({e})") from None
 
 
-def load(run_dir: str | os.PathLike) -> VAE:
+def load(run_dir: str | os.PathLike) -> LatentVariableModel:
     """Rebuild a trained model from its run folder, in evaluation mode."""
     config = read_config(run_dir)
     try:
-        model = VAE(ModelConfig.from_dict(config["model"]))
+        model = build(ModelConfig.from_dict(config["model"]))
     except (KeyError, TypeError, ValueError) as e:
         raise ModelFileError(f"{Path(run_dir) / CONFIG}: invalid model section ({e})") from None
     load_state(model, read_weights(Path(run_dir) / WEIGHTS), Path(run_dir) / WEIGHTS)
@@ -90,7 +90,11 @@ def load_state(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path: P
 
 
 def save_checkpoint(
-    run_dir: Path, model: VAE, optimizer: torch.optim.Optimizer, rng: dict[str, torch.Tensor], state: dict[str, Any]
+    run_dir: Path,
+    model: LatentVariableModel,
+    optimizer: torch.optim.Optimizer,
+    rng: dict[str, torch.Tensor],
+    state: dict[str, Any],
 ) -> None:
     """One safetensors file, written atomically: weights, optimizer moments, RNG states, and the
     counters and optimizer settings as JSON in its metadata, so a crash never leaves them out of step."""
@@ -104,7 +108,7 @@ def save_checkpoint(
 
 
 def load_checkpoint(
-    run_dir: Path, model: VAE, optimizer: torch.optim.Optimizer
+    run_dir: Path, model: LatentVariableModel, optimizer: torch.optim.Optimizer
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Restore model and optimizer in place; return (RNG states, counters)."""
     path = run_dir / CHECKPOINT

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from vaekit.errors import OptionError
-from vaekit.models import VAE
+from vaekit.models import LatentVariableModel
 
 
 def lerp(z0: torch.Tensor, z1: torch.Tensor, steps: int) -> torch.Tensor:
@@ -24,17 +24,38 @@ def slerp(z0: torch.Tensor, z1: torch.Tensor, steps: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def interpolate(model: VAE, x0: torch.Tensor, x1: torch.Tensor, steps: int = 10, spherical: bool = False):
-    """Decoded means along a path between the posterior means of two items (model space, one item each)."""
+def interpolate(
+    model: LatentVariableModel,
+    x0: torch.Tensor,
+    x1: torch.Tensor,
+    steps: int = 10,
+    spherical: bool = False,
+    y: int | None = None,
+) -> torch.Tensor:
+    """Decoded means along a path between the posterior means of two items (model space, one item each).
+
+    A conditional model encodes both items and decodes the path under the one class `y`.
+    """
     if steps < 2:
         raise OptionError(f"steps must be >= 2, got {steps}")
-    z = model.encode(torch.stack([x0, x1])).mean
+    z = model.encode(torch.stack([x0, x1]), _repeat(y, 2)).mean
     path = (slerp if spherical else lerp)(z[0], z[1], steps)
-    return model.decode(path).mean
+    return model.decode(path, _repeat(y, steps)).mean
+
+
+def _repeat(y: int | None, n: int) -> torch.Tensor | None:
+    return None if y is None else torch.full((n,), int(y), dtype=torch.long)
 
 
 @torch.no_grad()
-def traverse(model: VAE, x: torch.Tensor, dims: list[int], extent: float = 3.0, steps: int = 9) -> torch.Tensor:
+def traverse(
+    model: LatentVariableModel,
+    x: torch.Tensor,
+    dims: list[int],
+    extent: float = 3.0,
+    steps: int = 9,
+    y: int | None = None,
+) -> torch.Tensor:
     """For each latent dimension in `dims`, vary it from -extent to +extent (prior stddevs), others fixed.
 
     Returns decoded means of shape (len(dims), steps, *item_shape).
@@ -46,18 +67,20 @@ def traverse(model: VAE, x: torch.Tensor, dims: list[int], extent: float = 3.0, 
         )
     if steps < 2 or extent <= 0:
         raise OptionError(f"a traversal needs steps >= 2 and range > 0, got steps={steps}, range={extent}")
-    z = model.encode(x.unsqueeze(0)).mean[0]
+    z = model.encode(x.unsqueeze(0), _repeat(y, 1)).mean[0]
     values = torch.linspace(-extent, extent, steps)
     grid = z.repeat(len(dims), steps, 1)
     for row, d in enumerate(dims):
         grid[row, :, d] = values
-    return model.decode(grid.flatten(0, 1)).mean.view(len(dims), steps, *x.shape)
+    return model.decode(grid.flatten(0, 1), _repeat(y, len(dims) * steps)).mean.view(len(dims), steps, *x.shape)
 
 
 @torch.no_grad()
-def attribute_vector(model: VAE, x: torch.Tensor, has_attribute: torch.Tensor) -> torch.Tensor:
+def attribute_vector(
+    model: LatentVariableModel, x: torch.Tensor, has_attribute: torch.Tensor, y: torch.Tensor | None = None
+) -> torch.Tensor:
     """Mean latent of items with the attribute minus that of items without (White, 2016)."""
     if has_attribute.all() or not has_attribute.any():
         raise OptionError("an attribute vector needs items both with and without the attribute")
-    z = model.encode(x).mean
+    z = model.encode(x, y).mean
     return z[has_attribute].mean(0) - z[~has_attribute].mean(0)

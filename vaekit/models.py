@@ -1,8 +1,13 @@
-"""The VAE: a diagonal-Gaussian encoder q(z|x), a standard normal prior p(z), a decoder p(x|z).
+"""The VAE: a diagonal-Gaussian encoder q(z|x), a prior p(z), a decoder p(x|z); and what all models share.
 
 Every model answers the same calls (encode, decode, prior, sample, elbo, log_likelihood), so the
 evaluation, latent tools and CLI never special-case a variant. `x` is in model space: integer
 levels (as floats) for the discretised likelihood, {0, 1} for Bernoulli, standardised reals for Gaussian.
+`y`, for a conditional model, holds integer class labels, one per example.
+
+Variants of the basic VAE: the VampPrior (a mixture prior over K learned pseudo-inputs) and the
+conditional VAE (labels as input to encoder and decoder); the IWAE bound is a training objective of
+any model. The hierarchical VAE lives in `hierarchical.py`; `build` makes whichever a config names.
 """
 
 from __future__ import annotations
@@ -16,11 +21,13 @@ from torch import nn
 
 from vaekit import nn as blocks
 from vaekit.data import DataSpec
-from vaekit.dist import Bernoulli, DiagonalGaussian, DiscretizedLogistic, Gaussian
+from vaekit.dist import Bernoulli, DiagonalGaussian, DiscretizedLogistic, Gaussian, GaussianMixture
 from vaekit.errors import OptionError
+from vaekit.importance import ISEstimate, RunningLogMeanExp
 
 LIKELIHOODS = ("discretized_logistic", "bernoulli", "gaussian")
 ARCHS = ("mlp", "conv")
+PRIORS = ("normal", "vamp")
 _N_PARAMS = {"discretized_logistic": 2, "bernoulli": 1, "gaussian": 2}
 
 
@@ -29,17 +36,22 @@ class ModelConfig:
     spec: DataSpec
     likelihood: str
     arch: str = "mlp"
-    latent_dim: int = 16
+    latent_dim: int = 16  # the total over all stochastic layers of a hierarchical model
     hidden: tuple[int, ...] = (512, 256)
+    prior: str = "normal"  # "normal" (N(0, I)) or "vamp" (mixture of the posteriors of learned pseudo-inputs)
+    pseudo_inputs: int = 500  # K, for the VampPrior
+    classes: int = 0  # > 0: a conditional VAE over this many class labels
+    layers: tuple[int, ...] = ()  # a hierarchical VAE: latent sizes of its stochastic layers, bottom to top
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        d["spec"], d["hidden"] = self.spec.to_dict(), list(self.hidden)
+        d["spec"], d["hidden"], d["layers"] = self.spec.to_dict(), list(self.hidden), list(self.layers)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        return cls(**{**d, "spec": DataSpec.from_dict(d["spec"]), "hidden": tuple(d["hidden"])})
+        d = {**d, "spec": DataSpec.from_dict(d["spec"]), "hidden": tuple(d["hidden"])}
+        return cls(**{**d, "layers": tuple(d.get("layers", ()))})
 
     @classmethod
     def for_data(
@@ -49,6 +61,11 @@ class ModelConfig:
         arch: str = "mlp",
         latent_dim: int | None = None,
         hidden: tuple[int, ...] | None = None,
+        *,
+        prior: str = "normal",
+        pseudo_inputs: int = 500,
+        classes: int = 0,
+        layers: tuple[int, ...] = (),
     ) -> ModelConfig:
         """The default model for data of this spec: the likelihood fits the data, sizes follow its dimension."""
         likelihood = likelihood or ("gaussian" if spec.kind == "real" else "discretized_logistic")
@@ -60,7 +77,21 @@ class ModelConfig:
             raise OptionError(f"unknown architecture {arch!r}: choose from {', '.join(ARCHS)}")
         if arch == "conv" and not spec.is_image:
             raise OptionError("the conv architecture needs image data (channels, height, width)")
+        if prior not in PRIORS:
+            raise OptionError(f"unknown prior {prior!r}: choose from {', '.join(PRIORS)}")
+        if pseudo_inputs < 1:
+            raise OptionError(f"the VampPrior needs at least 1 pseudo-input, got {pseudo_inputs}")
+        if classes < 0 or classes == 1:
+            raise OptionError(f"a conditional model needs at least 2 classes, got {classes}")
+        if prior == "vamp" and classes:
+            raise OptionError("a conditional model with a VampPrior is not supported: choose one of the two")
         d = spec.dim
+        if layers:
+            if min(layers) < 1:
+                raise OptionError(f"latent layer sizes must be >= 1, got {list(layers)}")
+            if prior != "normal" or classes or arch != "mlp":
+                raise OptionError("the hierarchical model is an MLP with its own priors and no labels")
+            latent_dim = sum(layers)
         if latent_dim is None:
             latent_dim = 16 if d >= 256 else 8 if d >= 32 else max(1, d // 2)
         if latent_dim < 1:
@@ -68,19 +99,31 @@ class ModelConfig:
         hidden = hidden if hidden is not None else ((512, 256) if d >= 256 else (256, 128))
         if not hidden or min(hidden) < 1:
             raise OptionError(f"hidden layer sizes must be one or more numbers >= 1, got {list(hidden)}")
-        return cls(spec, likelihood, arch, latent_dim, tuple(hidden))
+        return cls(spec, likelihood, arch, latent_dim, tuple(hidden), prior, pseudo_inputs, classes, tuple(layers))
+
+
+def build(config: ModelConfig) -> LatentVariableModel:
+    """The model a config describes."""
+    if config.layers:
+        from vaekit.hierarchical import HierarchicalVAE  # it builds on this module
+
+        return HierarchicalVAE(config)
+    return VAE(config)
 
 
 @dataclasses.dataclass
 class ELBOResult:
-    """Per-example pieces of the ELBO, in nats: E_q[log p(x|z)] and KL(q(z|x) || p(z)) per latent dimension."""
+    """Per-example pieces of the ELBO, in nats: E_q[log p(x|z)] and KL(q(z|x) || p(z)).
+
+    kl_per_dim: the KL per latent dimension where it has a closed form (None for the VampPrior, whose
+    KL is a single-sample estimate). objective: the bound training maximises when it is not the ELBO
+    itself (the IWAE bound); the reconstruction and KL are then the averages over its k samples.
+    """
 
     reconstruction: torch.Tensor
-    kl_per_dim: torch.Tensor
-
-    @property
-    def kl(self) -> torch.Tensor:
-        return self.kl_per_dim.sum(-1)
+    kl: torch.Tensor
+    kl_per_dim: torch.Tensor | None = None
+    objective: torch.Tensor | None = None
 
     @property
     def elbo(self) -> torch.Tensor:
@@ -91,17 +134,13 @@ class ELBOResult:
         return torch.stack([-self.elbo.sum(), -self.reconstruction.sum(), self.kl.sum()]).detach().double()
 
 
-class VAE(nn.Module):
-    def __init__(self, config: ModelConfig):
-        super().__init__()
-        self.config = config
-        spec, n_params = config.spec, _N_PARAMS[config.likelihood]
-        if config.arch == "conv":
-            self.encoder = blocks.ConvEncoder(spec.shape, config.latent_dim, config.hidden)
-            self.decoder = blocks.ConvDecoder(spec.shape, config.latent_dim, config.hidden, n_params)
-        else:
-            self.encoder = blocks.MLPEncoder(spec.shape, config.latent_dim, config.hidden)
-            self.decoder = blocks.MLPDecoder(spec.shape, config.latent_dim, config.hidden, n_params)
+class LatentVariableModel(nn.Module):
+    """What every model shares: data handling, likelihoods, and the importance-sampled estimators.
+
+    A subclass provides encode, decode, prior, elbo, sample and `log_weights`.
+    """
+
+    config: ModelConfig
 
     @property
     def spec(self) -> DataSpec:
@@ -110,6 +149,10 @@ class VAE(nn.Module):
     @property
     def latent_dim(self) -> int:
         return self.config.latent_dim
+
+    @property
+    def conditional(self) -> bool:
+        return self.config.classes > 0
 
     def prepare(self, raw: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Stored values (a Dataset's `x`) to model space; Bernoulli models binarise with a draw from `generator`."""
@@ -128,65 +171,164 @@ class VAE(nn.Module):
             return 2.0 * x - 1.0
         return x
 
-    def encode(self, x: torch.Tensor) -> DiagonalGaussian:
+    def _likelihood(self, params: torch.Tensor) -> Bernoulli | Gaussian | DiscretizedLogistic:
+        """The likelihood from decoder outputs of shape (..., n_params, *shape)."""
         # .float(): under bf16 autocast the networks' matmuls run in bf16, the distributions stay in fp32
-        mean, logvar = self.encoder(self._encoder_input(x)).float().chunk(2, dim=-1)
+        parts = params.float().unbind(-1 - len(self.spec.shape))
+        if self.config.likelihood == "bernoulli":
+            return Bernoulli(parts[0])
+        if self.config.likelihood == "gaussian":
+            return Gaussian(parts[0], parts[1].clamp(-9.0, 9.0))
+        return DiscretizedLogistic(parts[0] + 0.5, parts[1] - 1.0, self.spec.levels)
+
+    def _one_hot(self, y: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
+        """Labels as one-hot rows broadcast to `like`'s leading dimensions (None for an unconditional model)."""
+        if not self.conditional:
+            return None
+        if y is None:
+            raise OptionError("this is a conditional model: give the class labels")
+        if y.dtype.is_floating_point:  # the range is checked where labels come in (no device sync per step)
+            raise OptionError(f"labels must be integers in 0..{self.config.classes - 1}")
+        one_hot = torch.nn.functional.one_hot(y.long(), self.config.classes).to(like.dtype)
+        return one_hot.expand(*like.shape[:-1], self.config.classes)
+
+    def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None, y: torch.Tensor | None = None):
+        """The ELBO for noise of shape (batch, latent_dim); the IWAE bound for noise of shape (k, batch, latent_dim)."""
+        if noise is not None and noise.dim() == 3:
+            return self.iwae(x, noise, y)
+        return self.elbo(x, noise, y)
+
+    def log_weights(
+        self, x: torch.Tensor, noise: torch.Tensor, y: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """log p(x|z_i) and log p(z_i) - log q(z_i|x), each (n, batch), for the z_i ~ q(z|x) that
+        standard normal `noise` of shape (n, batch, latent_dim) gives."""
+        raise NotImplementedError
+
+    def iwae(self, x: torch.Tensor, noise: torch.Tensor, y: torch.Tensor | None = None) -> ELBOResult:
+        """The IWAE bound log (1/k) sum_i p(x, z_i) / q(z_i|x) (Burda et al. 2016), k = len(noise)."""
+        log_px_z, log_ratio = self.log_weights(x, noise, y)
+        bound = torch.logsumexp(log_px_z + log_ratio, 0) - math.log(len(noise))
+        return ELBOResult(log_px_z.mean(0), -log_ratio.mean(0), objective=bound)
+
+    @torch.no_grad()
+    def importance_sampled(
+        self,
+        x: torch.Tensor,
+        k: int = 1000,
+        y: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        chunk: int | None = None,
+    ) -> ISEstimate:
+        """log p(x) ~ log (1/k) sum_i p(x, z_i) / q(z_i|x), z_i ~ q(z|x), and its standard error, per example.
+
+        The k samples are drawn `chunk` at a time (by default about 50,000 decoded items per pass) and
+        folded into a running log-mean-exp in float64, so k = 5000 needs no more memory than one pass.
+        """
+        if k < 1:
+            raise OptionError(f"the number of importance samples must be >= 1, got {k}")
+        chunk = chunk or max(1, min(k, 50_000 // max(1, len(x))))
+        running = RunningLogMeanExp(len(x), x.device)
+        for start in range(0, k, chunk):
+            noise = torch.randn(min(chunk, k - start), len(x), self.latent_dim, generator=generator, device=x.device)
+            log_px_z, log_ratio = self.log_weights(x, noise, y)
+            running.add(log_px_z + log_ratio)
+        return running.estimate()
+
+    @torch.no_grad()
+    def log_likelihood(
+        self, x: torch.Tensor, k: int = 1000, y: torch.Tensor | None = None, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """The importance-sampled estimate of log p(x) per example, in nats (float64)."""
+        return self.importance_sampled(x, k, y, generator).log_px
+
+
+class VAE(LatentVariableModel):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        spec, n_params, extra = config.spec, _N_PARAMS[config.likelihood], config.classes
+        if config.arch == "conv":
+            self.encoder = blocks.ConvEncoder(spec.shape, config.latent_dim, config.hidden, extra=extra)
+            self.decoder = blocks.ConvDecoder(spec.shape, config.latent_dim, config.hidden, n_params, extra=extra)
+        else:
+            self.encoder = blocks.MLPEncoder(spec.shape, config.latent_dim, config.hidden, extra=extra)
+            self.decoder = blocks.MLPDecoder(spec.shape, config.latent_dim, config.hidden, n_params, extra=extra)
+        if config.prior == "vamp":
+            # in the encoder's input space, near its centre; Tomczak & Welling 2018 learn them by gradient too
+            self.pseudo_inputs = nn.Parameter(0.01 * torch.randn(config.pseudo_inputs, *spec.shape))
+
+    def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> DiagonalGaussian:
+        h = self._encoder_input(x)
+        out = self.encoder(h, self._one_hot(y, h.flatten(1)))
+        mean, logvar = out.float().chunk(2, dim=-1)
         return DiagonalGaussian(mean, logvar.clamp(-30.0, 20.0))
 
-    def decode(self, z: torch.Tensor) -> Bernoulli | Gaussian | DiscretizedLogistic:
-        params = self.decoder(z).float()
-        if self.config.likelihood == "bernoulli":
-            return Bernoulli(params[:, 0])
-        if self.config.likelihood == "gaussian":
-            return Gaussian(params[:, 0], params[:, 1].clamp(-9.0, 9.0))
-        return DiscretizedLogistic(params[:, 0] + 0.5, params[:, 1] - 1.0, self.spec.levels)
+    def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> Bernoulli | Gaussian | DiscretizedLogistic:
+        """p(x|z) for z of shape (..., latent_dim); y broadcasts against z's leading dimensions."""
+        return self._likelihood(self.decoder(z, self._one_hot(y, z)))
 
     @property
-    def prior(self) -> DiagonalGaussian:
+    def prior(self) -> DiagonalGaussian | GaussianMixture:
+        if self.config.prior == "vamp":
+            mean, logvar = self.encoder(self.pseudo_inputs).float().chunk(2, dim=-1)
+            return GaussianMixture(mean, logvar.clamp(-30.0, 20.0))
         p = next(self.parameters())
-        return DiagonalGaussian.standard((self.latent_dim,), device=p.device, dtype=p.dtype)
+        return DiagonalGaussian.standard((self.latent_dim,), device=p.device, dtype=torch.float32)
 
-    def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> ELBOResult:
-        return self.elbo(x, noise)
-
-    def elbo(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> ELBOResult:
-        """The single-sample ELBO estimate per example, with the KL in closed form.
+    def elbo(self, x: torch.Tensor, noise: torch.Tensor | None = None, y: torch.Tensor | None = None) -> ELBOResult:
+        """The single-sample ELBO estimate per example; the KL in closed form for the normal prior.
 
         noise: the standard normal draws of the reparameterisation, shape (batch, latent_dim); fresh if None.
         """
-        posterior = self.encode(x)
+        posterior = self.encode(x, y)
         z = posterior.rsample() if noise is None else posterior.mean + posterior.stddev * noise
-        reconstruction = self.decode(z).log_prob(x)
-        return ELBOResult(reconstruction, posterior.kl_standard_normal_per_dim())
+        reconstruction = self.decode(z, y).log_prob(x)
+        if self.config.prior == "normal":
+            kl_per_dim = posterior.kl_standard_normal_per_dim()
+            return ELBOResult(reconstruction, kl_per_dim.sum(-1), kl_per_dim)
+        return ELBOResult(reconstruction, posterior.log_prob(z) - self.prior.log_prob(z))
+
+    def log_weights(
+        self, x: torch.Tensor, noise: torch.Tensor, y: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        posterior = self.encode(x, y)
+        z = posterior.mean + posterior.stddev * noise  # (n, batch, latent)
+        return self.decode(z, y).log_prob(x), self.prior.log_prob(z) - posterior.log_prob(z)
 
     @torch.no_grad()
     def sample(
-        self, n: int, temperature: float = 1.0, *, mean: bool = True, generator: torch.Generator | None = None
+        self,
+        n: int,
+        temperature: float = 1.0,
+        *,
+        mean: bool = True,
+        generator: torch.Generator | None = None,
+        y: torch.Tensor | int | None = None,
     ) -> torch.Tensor:
         """`n` new items in model space; `temperature` scales the prior's stddev (lower: less diverse).
 
-        mean=True returns the mean of p(x|z) (what figures show); False draws x from it.
+        mean=True returns the mean of p(x|z) (what figures show); False draws x from it. A conditional
+        model draws items of class `y` (one label, or one per item), or cycles through the classes if None.
         """
         if temperature < 0:
             raise OptionError(f"temperature must be >= 0, got {temperature}")
+        y = self._labels_for(n, y)
         z = self.prior.rsample(n, temperature, generator=generator)
-        likelihood = self.decode(z)
+        likelihood = self.decode(z, y)
         return likelihood.mean if mean else likelihood.sample(generator=generator)
 
-    @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """The mean of p(x|z) at the posterior mean of z."""
-        return self.decode(self.encode(x).mean).mean
+    def _labels_for(self, n: int, y: torch.Tensor | int | None) -> torch.Tensor | None:
+        if not self.conditional:
+            if y is not None:
+                raise OptionError("this model is not conditional: it takes no labels")
+            return None
+        if y is None:
+            return torch.arange(n) % self.config.classes
+        y = torch.as_tensor(y)
+        return y.expand(n) if y.dim() == 0 else y
 
     @torch.no_grad()
-    def log_likelihood(self, x: torch.Tensor, k: int = 100, chunk: int = 100) -> torch.Tensor:
-        """Importance-sampled estimate of log p(x) per example: log (1/k) sum_i p(x, z_i) / q(z_i | x)."""
-        posterior, prior = self.encode(x), self.prior
-        log_w = []
-        for start in range(0, k, chunk):
-            n = min(chunk, k - start)
-            z = posterior.rsample(n)  # (n, batch, latent)
-            log_px = self.decode(z.flatten(0, 1)).log_prob(x.repeat(n, *[1] * (x.dim() - 1))).view(n, -1)
-            log_w.append(log_px + prior.log_prob(z) - posterior.log_prob(z))
-        log_w = torch.cat(log_w).double()
-        return torch.logsumexp(log_w, 0) - math.log(k)
+    def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """The mean of p(x|z) at the posterior mean of z."""
+        return self.decode(self.encode(x, y).mean, y).mean

@@ -1,7 +1,8 @@
 """Building blocks: MLP and convolutional encoders/decoders, sized from the data shape.
 
 An encoder maps x (batch, *shape) to 2 * latent_dim numbers (mean and log-variance).
-A decoder maps z to `n_params` numbers per data element, shaped (batch, n_params, *shape).
+A decoder maps z (..., latent_dim) to `n_params` numbers per data element, shaped (..., n_params, *shape).
+Both take an optional `extra` input (a conditional model's one-hot labels), joined to the first dense layer.
 """
 
 from __future__ import annotations
@@ -22,23 +23,27 @@ def _mlp(sizes: list[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class MLPEncoder(nn.Module):
-    def __init__(self, shape: tuple[int, ...], latent_dim: int, hidden: tuple[int, ...]):
-        super().__init__()
-        self.net = _mlp([math.prod(shape), *hidden, 2 * latent_dim])
+def _join(h: torch.Tensor, extra: torch.Tensor | None) -> torch.Tensor:
+    return h if extra is None else torch.cat([h, extra], -1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x.flatten(1))
+
+class MLPEncoder(nn.Module):
+    def __init__(self, shape: tuple[int, ...], latent_dim: int, hidden: tuple[int, ...], extra: int = 0):
+        super().__init__()
+        self.net = _mlp([math.prod(shape) + extra, *hidden, 2 * latent_dim])
+
+    def forward(self, x: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+        return self.net(_join(x.flatten(1), extra))
 
 
 class MLPDecoder(nn.Module):
-    def __init__(self, shape: tuple[int, ...], latent_dim: int, hidden: tuple[int, ...], n_params: int):
+    def __init__(self, shape: tuple[int, ...], latent_dim: int, hidden: tuple[int, ...], n_params: int, extra: int = 0):
         super().__init__()
         self.shape, self.n_params = shape, n_params
-        self.net = _mlp([latent_dim, *reversed(hidden), n_params * math.prod(shape)])
+        self.net = _mlp([latent_dim + extra, *reversed(hidden), n_params * math.prod(shape)])
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z).view(-1, self.n_params, *self.shape)
+    def forward(self, z: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+        return self.net(_join(z, extra)).view(*z.shape[:-1], self.n_params, *self.shape)
 
 
 def downsamplings(height: int, width: int, most: int = 3) -> int:
@@ -50,7 +55,9 @@ def downsamplings(height: int, width: int, most: int = 3) -> int:
 
 
 class ConvEncoder(nn.Module):
-    def __init__(self, shape: tuple[int, ...], latent_dim: int, hidden: tuple[int, ...], channels: int = 32):
+    def __init__(
+        self, shape: tuple[int, ...], latent_dim: int, hidden: tuple[int, ...], extra: int = 0, channels: int = 32
+    ):
         super().__init__()
         c, h, w = shape
         n = downsamplings(h, w)
@@ -59,28 +66,34 @@ class ConvEncoder(nn.Module):
             layers += [nn.Conv2d(channels << i, channels << (i + 1), 4, stride=2, padding=1), nn.ReLU()]
         self.conv = nn.Sequential(*layers, nn.Flatten())
         flat = (channels << n) * (h >> n) * (w >> n)
-        self.head = _mlp([flat, *hidden, 2 * latent_dim])
+        self.head = _mlp([flat + extra, *hidden, 2 * latent_dim])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.conv(x))
+    def forward(self, x: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(_join(self.conv(x), extra))
 
 
 class ConvDecoder(nn.Module):
     def __init__(
-        self, shape: tuple[int, ...], latent_dim: int, hidden: tuple[int, ...], n_params: int, channels: int = 32
+        self,
+        shape: tuple[int, ...],
+        latent_dim: int,
+        hidden: tuple[int, ...],
+        n_params: int,
+        extra: int = 0,
+        channels: int = 32,
     ):
         super().__init__()
         c, h, w = shape
         n = downsamplings(h, w)
         self.shape, self.n_params = shape, n_params
         self.start = (channels << n, h >> n, w >> n)
-        self.head = _mlp([latent_dim, *reversed(hidden), math.prod(self.start)])
+        self.head = _mlp([latent_dim + extra, *reversed(hidden), math.prod(self.start)])
         layers: list[nn.Module] = []
         for i in reversed(range(n)):
             layers += [nn.ReLU(), nn.ConvTranspose2d(channels << (i + 1), channels << i, 4, stride=2, padding=1)]
         layers += [nn.ReLU(), nn.Conv2d(channels, c * n_params, 3, padding=1)]
         self.conv = nn.Sequential(*layers)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        out = self.conv(self.head(z).view(-1, *self.start))
-        return out.view(-1, self.n_params, *self.shape)
+    def forward(self, z: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+        out = self.conv(self.head(_join(z, extra)).view(-1, *self.start))
+        return out.view(*z.shape[:-1], self.n_params, *self.shape)

@@ -19,8 +19,8 @@ from vaekit import io as model_io
 from vaekit.data import Dataset, load_for_training
 from vaekit.errors import OptionError
 from vaekit.evaluate import encode_means
-from vaekit.models import VAE, ModelConfig
-from vaekit.trainer import EVAL_SEED, TrainConfig, Trainer, resolve_device
+from vaekit.models import LatentVariableModel, ModelConfig, build
+from vaekit.trainer import EVAL_SEED, TrainConfig, Trainer, labels_for, resolve_device
 
 FIGURE_SEED = 0
 
@@ -29,7 +29,7 @@ FIGURE_SEED = 0
 class Run:
     """A finished training run: the trained model (best held-out -ELBO), its folder and metrics."""
 
-    model: VAE
+    model: LatentVariableModel
     run_dir: Path
     metrics: list[dict[str, float]]
 
@@ -42,6 +42,10 @@ def train(
     arch: str = "mlp",
     latent_dim: int | None = None,
     hidden: tuple[int, ...] | None = None,
+    prior: str = "normal",
+    pseudo_inputs: int = 500,
+    conditional: bool = False,
+    layers: tuple[int, ...] = (),
     data_dir: str | os.PathLike | None = None,
     download: bool = False,
     size: tuple[int, int] | None = None,
@@ -53,8 +57,11 @@ def train(
 ) -> Run:
     """Train a VAE on `data` and write the run folder `out` (default: a new folder under runs/).
 
-    `options` are TrainConfig fields: epochs, batch_size, lr, beta, warmup_epochs, free_bits,
-    clip_grad, patience, binarize, seed. Under torchrun, every process calls this; rank 0 writes.
+    The model: `prior` "normal" or "vamp" (with `pseudo_inputs`), `conditional` (labels into encoder
+    and decoder; the data need labels), `layers` (latent sizes of a hierarchical VAE, bottom to top).
+    `options` are TrainConfig fields: epochs, batch_size, lr, beta, warmup_epochs, free_bits, clip_grad,
+    patience, binarize, objective, k, skip_threshold, precision, seed. Under torchrun, every process
+    calls this; rank 0 writes.
     """
     config = TrainConfig(**options)
     if config.binarize is not None:
@@ -76,7 +83,13 @@ def train(
     if config.binarize is not None and train_set.spec.kind != "levels":
         raise OptionError("--binarize needs image data with integer levels, not real-valued features")
     torch.manual_seed(config.seed)
-    model = VAE(ModelConfig.for_data(train_set.spec, likelihood, arch, latent_dim, hidden))
+    classes = _class_count(train_set) if conditional else 0
+    spec = train_set.spec
+    model_config = ModelConfig.for_data(
+        spec, likelihood, arch, latent_dim, hidden, prior=prior, pseudo_inputs=pseudo_inputs, classes=classes,
+        layers=tuple(layers),
+    )  # fmt: skip
+    model = build(model_config)
     device = resolve_device(device)
     distributed.setup(device)  # joins the process group under torchrun
     run_dir = distributed.broadcast(_new_run_dir(out, data) if distributed.is_main() else None)
@@ -97,7 +110,7 @@ def resume(run_dir: str | os.PathLike, quiet: bool = False, device: str = "auto"
         data_dir=data["data_dir"], size=data["size"] and tuple(data["size"]), label=data["label"],
     )  # fmt: skip
     torch.manual_seed(config["training"]["seed"])  # the same initial weights, should no checkpoint exist yet
-    model = VAE(ModelConfig.from_dict(config["model"]))
+    model = build(ModelConfig.from_dict(config["model"]))
     trainer = Trainer(model, TrainConfig(**config["training"]), run_dir, quiet, device)
     trainer.restore_checkpoint()
     return _finish(trainer, train_set, heldout)
@@ -115,6 +128,12 @@ def _finish(trainer: Trainer, train_set: Dataset, heldout: Dataset) -> Run:
     return Run(model, trainer.run_dir, metrics)
 
 
+def _class_count(data: Dataset) -> int:
+    if data.labels is None:
+        raise OptionError(f"{data.source}: a conditional model needs labelled data (see --label)")
+    return len(data.spec.classes) if data.spec.classes else int(data.labels.max()) + 1
+
+
 def _new_run_dir(out: str | os.PathLike | None, source: str) -> Path:
     if out is None:
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -130,24 +149,29 @@ def _new_run_dir(out: str | os.PathLike | None, source: str) -> Path:
 
 
 @torch.no_grad()
-def write_figures(model: VAE, heldout: Dataset, run_dir: Path, metrics: list[dict[str, float]]) -> None:
+def write_figures(model: LatentVariableModel, heldout: Dataset, run_dir: Path, metrics: list[dict[str, float]]) -> None:
     """samples.png, reconstructions.png, interpolations.png (image data), loss.png and latents.png."""
     spec = model.spec
     x = model.prepare(heldout.x, torch.Generator().manual_seed(EVAL_SEED))
+    y = labels_for(model, heldout)  # a conditional model's: each item is encoded and decoded with its own
     if spec.is_image:
         gen = torch.Generator().manual_seed(FIGURE_SEED)
         report.save_grid(run_dir / "samples.png", spec.to_unit(model.sample(64, generator=gen)), ncols=8)
         cols = min(16, len(x))
         rows = min(2, len(x) // cols)  # pairs of rows: originals above, reconstructions below
         originals = x[: rows * cols].view(rows, cols, *spec.shape)
-        pairs = torch.cat([originals, model.reconstruct(originals.flatten(0, 1)).view_as(originals)], 1)
+        shown = None if y is None else y[: rows * cols]
+        pairs = torch.cat([originals, model.reconstruct(originals.flatten(0, 1), shown).view_as(originals)], 1)
         report.save_grid(run_dir / "reconstructions.png", spec.to_unit(pairs.flatten(0, 1)), ncols=cols)
         n = min(8, len(x) // 2)
-        paths = [latent.interpolate(model, x[2 * i], x[2 * i + 1], steps=10) for i in range(n)]
+        paths = [
+            latent.interpolate(model, x[2 * i], x[2 * i + 1], steps=10, y=None if y is None else y[2 * i])
+            for i in range(n)
+        ]
         if paths:
             report.save_grid(run_dir / "interpolations.png", spec.to_unit(torch.cat(paths)), ncols=10)
     if metrics:
         report.save_loss_plot(run_dir / "loss.png", metrics)
-    means, _ = encode_means(model, x)
+    means, _ = encode_means(model, x, y)
     labels = None if heldout.labels is None else heldout.labels.numpy()
     report.save_latent_scatter(run_dir / "latents.png", means.numpy(), labels, heldout.label_names)
