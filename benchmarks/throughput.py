@@ -203,7 +203,7 @@ def main() -> None:
         *((f"recipe -ELBO, {k}", f"{v:.2f}") for k, v in precision.items()),
     ]
     for name, value in rows:
-        print(f"{name:<24}{value}")
+        print(f"{name:<28}{value}")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
 

@@ -79,6 +79,19 @@ def _size(text: str) -> tuple[int, int]:
     return h, w
 
 
+def _duration(text: str) -> float:
+    """Seconds, from e.g. 90, 90s, 30m or 2h."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    number, scale = (text[:-1], units[text[-1]]) if text and text[-1] in units else (text, 1)
+    try:
+        value = float(number) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a duration such as 90, 90s, 30m or 2h, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive duration, got {text!r}")
+    return value
+
+
 def _finite_float(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):
@@ -130,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--epochs",
         type=_positive_int,
         help=f"default: about {TARGET_STEPS} optimiser steps, at least {MIN_EPOCHS} epochs",
+    )
+    p.add_argument(
+        "--time-budget", type=_duration, help="train for this long (e.g. 30m), the learning rate decaying by its end"
     )
     p.add_argument(
         "--batch-size", type=_positive_int, default=defaults.batch_size,
@@ -273,6 +289,7 @@ def _train(args: argparse.Namespace) -> None:
             args.data, args.out, likelihood=args.likelihood, arch=args.arch, latent_dim=args.latent,
             hidden=args.hidden, prior=args.prior, pseudo_inputs=args.pseudo_inputs, conditional=args.conditional,
             layers=args.layers, objective=args.objective, k=args.k, skip_threshold=args.skip_threshold,
+            time_budget=args.time_budget,
             data_dir=args.data_dir, download=args.download, size=args.size, label=args.label,
             heldout_fraction=args.heldout, quiet=args.quiet, epochs=args.epochs, batch_size=args.batch_size,
             lr=args.lr, lr_decay=args.lr_decay, beta=args.beta, warmup_epochs=args.warmup, free_bits=args.free_bits,

@@ -33,6 +33,7 @@ METRIC_FIELDS = [
 ]  # fmt: skip
 TARGET_STEPS = 1600  # default epochs give about this many optimiser steps (at least MIN_EPOCHS)
 MIN_EPOCHS, MAX_EPOCHS = 5, 300
+BUDGET_PROBE_STEPS = 50  # under a time budget, the speed is first measured after this many steps
 EVAL_SEED = 0  # binarisation of held-out data for Bernoulli models: one fixed draw
 PRECISIONS = ("auto", "fp32", "bf16")
 OBJECTIVES = ("elbo", "iwae")
@@ -59,6 +60,7 @@ class TrainConfig:
     objective: str = "elbo"  # or "iwae": the importance-weighted bound with `k` samples
     k: int = 5  # importance samples of the IWAE objective
     skip_threshold: float | None = None  # skip updates whose gradient norm exceeds this (VDVAE); None: never
+    time_budget: float | None = None  # seconds of optimisation: training ends (and its learning rate decays) by then
     seed: int = 0
 
     def validate(self, likelihood: str | None = None) -> None:
@@ -79,6 +81,7 @@ class TrainConfig:
             (self.k >= 1, f"the IWAE objective needs k >= 1 samples, got {self.k}"),
             (self.objective == "elbo" or (self.beta == 1 and self.free_bits == 0 and self.warmup_epochs == 0),
              "the IWAE objective is a bound on log p(x): it takes no beta, free bits or KL warm-up"),
+            (self.time_budget is None or self.time_budget > 0, f"time budget must be > 0 s, got {self.time_budget}"),
             (self.skip_threshold is None or self.skip_threshold > 0,
              f"the update-skipping threshold must be > 0, got {self.skip_threshold}"),
         ]  # fmt: skip
@@ -238,10 +241,15 @@ class Trainer:
 
     # --- the loop ---------------------------------------------------------
     def fit(self, train: Dataset, heldout: Dataset, stop_below: float | None = None) -> list[dict[str, float]]:
-        """Train until the epoch budget, early stopping, or held-out -ELBO <= `stop_below`; returns the metrics."""
+        """Train until the epoch or time budget, early stopping, or held-out -ELBO <= `stop_below`.
+
+        Returns the metrics, one row per epoch (a budget may end the last one early)."""
         cfg, model = self.config, self.model
-        epochs = cfg.epochs_for(len(train))
+        budget_only = cfg.time_budget is not None and cfg.epochs is None
+        epochs = 10**9 if budget_only else cfg.epochs_for(len(train))  # the budget alone decides
         steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+        self.max_steps = self.total_steps = epochs * steps_per_epoch
+        self._fit_steps_to_budget(self.seconds)
         warmup_steps = cfg.warmup_epochs * steps_per_epoch
         train_x = train.x.to(self.device)  # moved once; uint8 where the data are levels
         train_y, heldout_y = (labels_for(model, d) for d in (train, heldout))
@@ -250,22 +258,26 @@ class Trainer:
         if cfg.binarize == "static":
             train_x = _prepared(model, train.x, torch.Generator().manual_seed(cfg.seed)).to(self.device)
         bar = tqdm(
-            total=epochs * steps_per_epoch, initial=self.step, disable=True if self.quiet or self.rank else None,
+            total=self.total_steps, initial=self.step, disable=True if self.quiet or self.rank else None,
             unit="step", dynamic_ncols=True, leave=False,
         )  # fmt: skip
         check_every = 1 if self.device.type == "cpu" else 50  # on a GPU, reading the loss waits for it
         model.train()
-        while self.epoch < epochs and not self._should_stop():
-            start = time.perf_counter()
+        while self.step < self.total_steps and not self._should_stop():
+            start, seen = time.perf_counter(), 0
             sums = torch.zeros(3, dtype=torch.float64, device=self.device)
             order = torch.randperm(len(train), generator=self.generator, device=self.device)
             for i in range(0, len(train), cfg.batch_size):
+                if self.step >= self.total_steps:  # the time budget ends inside this epoch
+                    break
                 batch = order[i : i + cfg.batch_size]
                 beta = cfg.beta * min(1.0, (self.step + 1) / warmup_steps) if warmup_steps > 0 else cfg.beta
-                self._set_learning_rate(epochs * steps_per_epoch)
+                self._set_learning_rate(self.total_steps)
                 loss, r = self._step(train_x, train_y, batch, beta)
-                self.step += 1
+                self.step, seen = self.step + 1, seen + len(batch)
                 sums += r.totals()
+                if self.step == BUDGET_PROBE_STEPS:  # a first estimate, should one epoch outlast the budget
+                    self._fit_steps_to_budget(self.seconds + time.perf_counter() - start)
                 if self.step % check_every == 0 or i + cfg.batch_size >= len(train):
                     value = loss.item()
                     if not math.isfinite(value):
@@ -274,7 +286,7 @@ class Trainer:
                 bar.update(1)
             self.seconds += time.perf_counter() - start
             self.epoch += 1
-            row = self._epoch_row(distributed.all_reduce_sum(sums) / len(train), heldout_x, heldout_y, beta)
+            row = self._epoch_row(distributed.all_reduce_sum(sums) / seen, heldout_x, heldout_y, beta)
             self.metrics.append(row)
             if self.rank == 0:
                 self._end_epoch(row)
@@ -283,10 +295,21 @@ class Trainer:
             bar.set_postfix(epoch=self.epoch, heldout=f"{row['heldout_neg_elbo']:.2f}")
             if stop_below is not None and row["heldout_neg_elbo"] <= stop_below:
                 break
+            self._fit_steps_to_budget(self.seconds)
+            bar.total = self.total_steps
         bar.close()
         distributed.barrier()
         model.eval()
         return self.metrics
+
+    def _fit_steps_to_budget(self, elapsed: float) -> None:
+        """Under a time budget, the steps that fit in it at the speed measured so far (rank 0's measure, so
+        that every rank stops at the same step and follows the same learning-rate schedule)."""
+        budget = self.config.time_budget
+        if budget is None or elapsed <= 0:
+            return
+        remaining = max(0.0, budget - elapsed) * self.step / elapsed
+        self.total_steps = distributed.broadcast(min(self.max_steps, self.step + int(remaining)))
 
     def _set_learning_rate(self, total_steps: int) -> None:
         """Constant, then a linear fall to zero over the last `lr_decay` of the steps (warmup-stable-decay

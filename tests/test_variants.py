@@ -1,0 +1,106 @@
+"""The model variants and training options of the likelihood work, end to end: VampPrior, conditional VAE,
+IWAE objective, update skipping, time budget, and `evaluate --nll`."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import vaekit
+from vaekit import trainer as train_module
+from vaekit.cli import main
+from vaekit.data import load
+from vaekit.errors import OptionError
+
+SMALL = dict(hidden=(32,), latent_dim=4, quiet=True, patience=None)
+
+
+def run_cli(*args):
+    return main([str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def digits_x():
+    return load("digits", split="all")
+
+
+def test_vampprior_trains_samples_and_its_nll_lies_below_its_negative_elbo(tmp_path, capsys):
+    run = vaekit.train("digits", tmp_path / "v", prior="vamp", pseudo_inputs=10, epochs=5, **SMALL)
+    model = vaekit.load(run.run_dir)
+    assert model.config.prior == "vamp" and model.pseudo_inputs.shape == (10, 1, 8, 8)
+    assert model.sample(6, generator=torch.Generator().manual_seed(0)).shape == (6, 1, 8, 8)
+    out = tmp_path / "m.json"
+    assert run_cli("evaluate", run.run_dir, "--nll", "--k", 64, "--no-probe", "-o", out) == 0
+    result = json.loads(out.read_text())
+    assert result["nll_k"] == 64 and result["nll"] < result["neg_elbo"]
+    assert 0 < result["nll_stderr"] < 0.5 and result["nll_bits_per_dim"] == pytest.approx(
+        result["nll"] / (64 * 0.6931471805599453)
+    )
+
+
+def test_vampprior_refuses_free_bits(tmp_path):
+    with pytest.raises(OptionError, match="free bits"):
+        vaekit.train("digits", tmp_path / "v", prior="vamp", free_bits=0.1, epochs=1, **SMALL)
+
+
+def test_conditional_model_uses_its_labels(tmp_path, digits_x, capsys):
+    run = vaekit.train("digits", tmp_path / "c", conditional=True, epochs=8, **SMALL)
+    model = vaekit.load(run.run_dir)
+    x, y = model.prepare(digits_x.x[:500]), digits_x.labels[:500]
+    noise = torch.randn(500, 4, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        right = model.elbo(x, noise, y).elbo.mean()
+        wrong = model.elbo(x, noise, (y + 1) % 10).elbo.mean()
+    assert right > wrong + 1.0  # the decoder relies on the class
+    for label in (3, 7):
+        assert run_cli("sample", run.run_dir, "-n", 4, "--label", label, "-o", tmp_path / f"s{label}.npy") == 0
+    assert not np.allclose(np.load(tmp_path / "s3.npy"), np.load(tmp_path / "s7.npy"))
+    assert run_cli("sample", run.run_dir, "--label", 12, "-o", tmp_path / "x.png") == 1
+    assert "--label '12': not a class of this model" in capsys.readouterr().err
+
+
+def test_label_on_an_unconditional_model_is_an_error(tiny_run, tmp_path, capsys):
+    assert run_cli("sample", tiny_run.run_dir, "--label", 3, "-o", tmp_path / "x.png") == 1
+    assert "not conditional" in capsys.readouterr().err
+
+
+def test_conditional_model_needs_labelled_data(tmp_path):
+    np.save(tmp_path / "plain.npy", np.random.default_rng(0).integers(0, 4, (50, 6)).astype(np.uint8))
+    with pytest.raises(OptionError, match="labelled data"):
+        vaekit.train(str(tmp_path / "plain.npy"), tmp_path / "c", conditional=True, epochs=1, **SMALL)
+
+
+def test_iwae_objective_trains_and_rejects_beta(tmp_path):
+    run = vaekit.train("digits", tmp_path / "i", objective="iwae", k=4, epochs=4, **SMALL)
+    assert run.metrics[-1]["heldout_neg_elbo"] < run.metrics[0]["heldout_neg_elbo"]
+    with pytest.raises(OptionError, match="IWAE objective"):
+        vaekit.train("digits", tmp_path / "b", objective="iwae", beta=2.0, epochs=1, **SMALL)
+
+
+def test_every_update_above_the_skip_threshold_is_skipped(tmp_path):
+    torch.manual_seed(0)
+    run = vaekit.train("digits", tmp_path / "s", skip_threshold=1e-6, epochs=1, **SMALL)
+    assert run.metrics[-1]["skipped_updates"] == run.metrics[-1]["step"]
+    torch.manual_seed(0)  # the same initial weights: nothing moved
+    fresh = vaekit.train("digits", tmp_path / "f", epochs=1, lr=1e-30, **SMALL)
+    skipped, untouched = (
+        load_file(str(run.run_dir / "model.safetensors")),
+        load_file(str(fresh.run_dir / "model.safetensors")),
+    )
+    assert all(torch.allclose(skipped[k], untouched[k]) for k in skipped)
+
+
+def test_time_budget_ends_training_on_time_with_the_learning_rate_decayed(tmp_path, monkeypatch):
+    rates = []
+    original = train_module.Trainer._step
+
+    def record(self, *args):
+        rates.append(self.optimizer.param_groups[0]["lr"])
+        return original(self, *args)
+
+    monkeypatch.setattr(train_module.Trainer, "_step", record)
+    run = vaekit.train("digits", tmp_path / "t", time_budget=1.5, **SMALL)
+    assert 0.9 <= run.metrics[-1]["seconds"] <= 2.0
+    assert rates[0] == pytest.approx(3e-3) and rates[-1] < 0.1 * rates[0]

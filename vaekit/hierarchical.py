@@ -1,0 +1,200 @@
+"""A hierarchical VAE: several stochastic layers with a shared top-down path (after LVAE, NVAE, VDVAE).
+
+    bottom-up:  x -> f_1 -> f_2 -> ... -> f_L            deterministic features, one per stochastic layer
+    top-down:   h <- learned start; for l = L .. 1:
+                    p(z_l | z_>l) = N(prior_l(h))          (the top layer's prior is N(0, I))
+                    q(z_l | x, z_>l) = N(prior_l(h) + posterior_l(h, f_l))   a correction to the prior
+                    h <- cell_l(h + merge_l(z_l))
+                p(x | z) from h
+
+Generation and inference share the top-down path (the generative model is the same network run without
+the bottom-up features), and the posterior is a residual on the prior, so at the start every KL is near
+zero. The cells are residual MLP blocks whose last layer starts at zero (each starts as the identity).
+The KL of each layer is in closed form (two diagonal Gaussians) given the sampled layers above it.
+
+Latents are the layers joined bottom to top: z = (z_1, ..., z_L), latent_dim = sum of the layer sizes.
+`encode(x)` gives each layer's posterior along the path of posterior means (its means are what
+feature export and latent traversals use); `log_weights` uses the exact sampled hierarchy.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vaekit.dist import DiagonalGaussian
+from vaekit.errors import OptionError
+from vaekit.models import _N_PARAMS, ELBOResult, LatentVariableModel, ModelConfig
+
+
+class ResidualCell(nn.Module):
+    """h + W2 silu(W1 silu(h)), with W2 zero at the start."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.inner, self.outer = nn.Linear(width, width), nn.Linear(width, width)
+        nn.init.zeros_(self.outer.weight)
+        nn.init.zeros_(self.outer.bias)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h + self.outer(F.silu(self.inner(F.silu(h))))
+
+
+def _gaussian(params: torch.Tensor) -> DiagonalGaussian:
+    mean, logvar = params.float().chunk(2, dim=-1)
+    return DiagonalGaussian(mean, logvar.clamp(-30.0, 20.0))
+
+
+class HierarchicalVAE(LatentVariableModel):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        spec, width, sizes = config.spec, config.hidden[0], config.layers
+        self.sizes = sizes
+        self.embed = nn.Linear(spec.dim, width)
+        self.bottom_up = nn.ModuleList(ResidualCell(width) for _ in sizes)
+        self.start = nn.Parameter(torch.zeros(width))
+        self.priors = nn.ModuleList(nn.Linear(width, 2 * s) for s in sizes[:-1])  # the top layer's is N(0, I)
+        self.posteriors = nn.ModuleList(nn.Linear(2 * width, 2 * s) for s in sizes)
+        self.merges = nn.ModuleList(nn.Linear(s, width) for s in sizes)
+        self.top_down = nn.ModuleList(ResidualCell(width) for _ in sizes)
+        self.out = nn.Linear(width, _N_PARAMS[config.likelihood] * spec.dim)
+        for layer in self.posteriors:  # the posterior starts as the prior
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    # --- the two paths -----------------------------------------------------------------------------------
+    def _features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        f = self.embed(self._encoder_input(x).flatten(1))
+        features = []
+        for cell in self.bottom_up:
+            f = cell(f)
+            features.append(f)
+        return features
+
+    def _prior(self, layer: int, h: torch.Tensor) -> DiagonalGaussian:
+        if layer == len(self.sizes) - 1:
+            zeros = torch.zeros(*h.shape[:-1], self.sizes[layer], device=h.device)
+            return DiagonalGaussian(zeros, zeros)
+        return _gaussian(self.priors[layer](h))
+
+    def _descend(self, lead: tuple[int, ...], choose) -> torch.Tensor:
+        """Run the top-down path; `choose(layer, h, prior)` returns z_l. Returns the final state h."""
+        h = self.start.expand(*lead, -1)
+        for layer in reversed(range(len(self.sizes))):
+            z = choose(layer, h, self._prior(layer, h))
+            h = self.top_down[layer](h + self.merges[layer](z.to(h.dtype)))
+        return h
+
+    def _posterior(self, layer: int, h: torch.Tensor, f: torch.Tensor, prior: DiagonalGaussian) -> DiagonalGaussian:
+        delta_mean, delta_logvar = self.posteriors[layer](torch.cat([h, f.expand_as(h)], -1)).float().chunk(2, -1)
+        return DiagonalGaussian(prior.mean + delta_mean, (prior.logvar + delta_logvar).clamp(-30.0, 20.0))
+
+    def _split(self, z: torch.Tensor) -> list[torch.Tensor]:
+        return list(z.split(self.sizes, dim=-1))
+
+    def _likelihood_of(self, h: torch.Tensor):
+        return self._likelihood(self.out(h).view(*h.shape[:-1], -1, *self.spec.shape))
+
+    # --- the model interface --------------------------------------------------------------------------------
+    def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> DiagonalGaussian:
+        features, parts = self._features(x), {}
+
+        def mean_path(layer, h, prior):
+            parts[layer] = self._posterior(layer, h, features[layer], prior)
+            return parts[layer].mean
+
+        self._descend((len(x),), mean_path)
+        ordered = [parts[layer] for layer in range(len(self.sizes))]
+        return DiagonalGaussian(torch.cat([q.mean for q in ordered], -1), torch.cat([q.logvar for q in ordered], -1))
+
+    def decode(self, z: torch.Tensor, y: torch.Tensor | None = None):
+        zs = self._split(z)
+        return self._likelihood_of(self._descend(z.shape[:-1], lambda layer, h, prior: zs[layer]))
+
+    @property
+    def prior(self) -> HierarchicalPrior:
+        return HierarchicalPrior(self)
+
+    def elbo(self, x: torch.Tensor, noise: torch.Tensor | None = None, y: torch.Tensor | None = None) -> ELBOResult:
+        features = self._features(x)
+        if noise is None:
+            noise = torch.randn(len(x), self.latent_dim, device=x.device)
+        eps, kls = self._split(noise), {}
+
+        def sample(layer, h, prior):
+            q = self._posterior(layer, h, features[layer], prior)
+            kls[layer] = q.kl_per_dim(prior)
+            return q.mean + q.stddev * eps[layer]
+
+        reconstruction = self._likelihood_of(self._descend((len(x),), sample)).log_prob(x)
+        kl_per_dim = torch.cat([kls[layer] for layer in range(len(self.sizes))], -1)
+        return ELBOResult(reconstruction, kl_per_dim.sum(-1), kl_per_dim)
+
+    def log_weights(
+        self, x: torch.Tensor, noise: torch.Tensor, y: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self._features(x)
+        eps, log_ratio = self._split(noise), []
+
+        def sample(layer, h, prior):
+            q = self._posterior(layer, h, features[layer], prior)
+            z = q.mean + q.stddev * eps[layer]
+            log_ratio.append(prior.log_prob(z) - q.log_prob(z))
+            return z
+
+        h = self._descend(noise.shape[:-1], sample)
+        return self._likelihood_of(h).log_prob(x), torch.stack(log_ratio).sum(0)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        temperature: float = 1.0,
+        *,
+        mean: bool = True,
+        generator: torch.Generator | None = None,
+        y: torch.Tensor | int | None = None,
+    ) -> torch.Tensor:
+        """`n` new items: every layer's draw has its stddev scaled by `temperature` (lower: less diverse)."""
+        if temperature < 0:
+            raise OptionError(f"temperature must be >= 0, got {temperature}")
+        if y is not None:
+            raise OptionError("this model is not conditional: it takes no labels")
+        likelihood = self.decode(self.prior.rsample(n, temperature, generator=generator))
+        return likelihood.mean if mean else likelihood.sample(generator=generator)
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return self.decode(self.encode(x).mean).mean
+
+
+class HierarchicalPrior:
+    """p(z) = p(z_L) prod_l p(z_l | z_>layer): draws run down the shared path, densities follow it."""
+
+    def __init__(self, model: HierarchicalVAE):
+        self.model = model
+
+    def rsample(self, n: int | None = None, temperature: float = 1.0, generator=None) -> torch.Tensor:
+        m, parts = self.model, {}
+        device = m.start.device
+
+        def draw(layer, h, prior):
+            eps = torch.randn(prior.mean.shape, generator=generator, device=device)
+            parts[layer] = prior.mean + temperature * prior.stddev * eps
+            return parts[layer]
+
+        m._descend((1 if n is None else n,), draw)
+        z = torch.cat([parts[layer] for layer in range(len(m.sizes))], -1)
+        return z[0] if n is None else z
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        zs, total = self.model._split(z), []
+
+        def given(layer, h, prior):
+            total.append(prior.log_prob(zs[layer]))
+            return zs[layer]
+
+        self.model._descend(z.shape[:-1], given)
+        return torch.stack(total).sum(0)
