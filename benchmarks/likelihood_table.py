@@ -1,0 +1,134 @@
+"""Test log-likelihood of vaekit's models and pythae's under the same wall-clock budget, by one estimator.
+
+Every model trains on the same dynamically binarised training images (vaekit's fit part: the seeded
+90 % that `vaekit train` fits; pythae gets the same images) for the same budget on this machine, then
+its test NLL is estimated by vaekit's importance sampler (k samples per image, all test images, one
+fixed binarisation, seed 0). Models run one after another, never side by side, and each result is
+saved as soon as it exists, so a long table can be built over several sittings (`--models` picks).
+
+    pip install -c constraints.txt pythae
+    python benchmarks/likelihood_table.py --data fashion-mnist --budget 30m --k 5000
+    python benchmarks/likelihood_table.py --data digits --budget 2m --k 5000
+
+Published MNIST figures, for context (test NLL, nats): IWAE paper VAE 86.76, IWAE 84.78, two-layer
+IWAE 82.90; NVAE about 78.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from common import cpu_name
+from peers import PythaeAdapter, dynamic_binarisation_dataset, pythae_model, train_pythae
+
+import vaekit
+from vaekit import data
+from vaekit.evaluate import negative_log_likelihood
+from vaekit.models import ModelConfig
+from vaekit.trainer import EVAL_SEED, evaluate_elbo
+
+FLAT = dict(hidden=(512, 256), latent_dim=32)  # every one-layer model, vaekit's and pythae's
+VAEKIT = {
+    "vaekit-vae": dict(FLAT),
+    "vaekit-iwae": dict(FLAT, objective="iwae", k=5),
+    "vaekit-vamp": dict(FLAT, prior="vamp", pseudo_inputs=500),
+    "vaekit-hierarchical": dict(hidden=(512,), layers=(32, 16, 8), warmup_epochs=5, skip_threshold=1000.0),
+}
+PYTHAE = {
+    "pythae-vae": ("vae", {}),
+    "pythae-iwae": ("iwae", {"number_samples": 5}),
+    "pythae-vamp": ("vamp", {"number_components": 500}),
+}
+PYTHAE_TRAINING = dict(learning_rate=1e-3, per_device_train_batch_size=100)
+
+
+def parse_duration(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600}
+    return float(text[:-1]) * units[text[-1]] if text[-1] in units else float(text)
+
+
+def train_vaekit(name: str, source: str, budget: float, out: Path):
+    run = vaekit.train(
+        source, out / name, binarize="dynamic", time_budget=budget, patience=None, quiet=False, **VAEKIT[name]
+    )
+    return run.model, run.metrics[-1]["seconds"], int(run.metrics[-1]["epoch"])
+
+
+def train_peer(name: str, source: str, budget: float, out: Path):
+    kind, options = PYTHAE[name]
+    fit, _ = data.load_for_training(source)
+    torch.manual_seed(0)
+    peer = pythae_model(kind, tuple(fit.spec.shape), FLAT["hidden"], FLAT["latent_dim"], **options)
+    dataset = dynamic_binarisation_dataset(fit.x, fit.spec.levels - 1)
+    seconds, epochs = train_pythae(peer, dataset, budget, str(out / name), **PYTHAE_TRAINING)
+    config = ModelConfig.for_data(fit.spec, "bernoulli", "mlp", FLAT["latent_dim"], FLAT["hidden"])
+    return PythaeAdapter(peer, config), seconds, epochs
+
+
+def measure(name: str, source: str, budget: float, k: int, out: Path) -> dict:
+    start = time.perf_counter()
+    model, seconds, epochs = (train_vaekit if name in VAEKIT else train_peer)(name, source, budget, out)
+    model.eval()
+    test = data.load(source, "test", spec=model.spec)
+    x = model.prepare(test.x, torch.Generator().manual_seed(EVAL_SEED))
+    with torch.no_grad():
+        elbo = evaluate_elbo(model, x, generator=torch.Generator().manual_seed(EVAL_SEED))
+        nll = negative_log_likelihood(model, x, k)
+    return {
+        "train_seconds": seconds,
+        "epochs": epochs,
+        "test_neg_elbo": elbo["neg_elbo"],
+        **nll,
+        "test_items": len(x),
+        "binarization": f"dynamic in training; test: one draw, seed {EVAL_SEED}",
+        "wall_seconds": time.perf_counter() - start,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="fashion-mnist", help="fashion-mnist, mnist or digits")
+    parser.add_argument("--budget", default="30m", help="training wall-clock budget per model, e.g. 30m, 2h")
+    parser.add_argument("--k", type=int, default=5000, help="importance samples per test image")
+    parser.add_argument("--models", default=",".join([*VAEKIT, *PYTHAE]), help="comma-separated subset")
+    parser.add_argument(
+        "--results", help="JSON file to add to (default: benchmarks/results/likelihood-DATA-BUDGET.json)"
+    )
+    parser.add_argument("--force", action="store_true", help="measure models the results file already holds")
+    args = parser.parse_args()
+
+    budget = parse_duration(args.budget)
+    path = Path(args.results or Path(__file__).parent / "results" / f"likelihood-{args.data}-{args.budget}.json")
+    results = json.loads(path.read_text()) if path.exists() else {}
+    results.setdefault("machine", {})[cpu_name()] = f"{torch.get_num_threads()} threads, torch {torch.__version__}"
+    print(f"{args.data}, budget {args.budget} per model, k={args.k}; CPU: {cpu_name()}")
+    for name in args.models.split(","):
+        if name not in VAEKIT and name not in PYTHAE:
+            raise SystemExit(f"unknown model {name!r}: choose from {', '.join([*VAEKIT, *PYTHAE])}")
+        if name in results.get("models", {}) and not args.force:
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            row = measure(name, args.data, budget, args.k, Path(tmp))
+        row.update(date=time.strftime("%Y-%m-%d"), cpu=cpu_name(), k=args.k, budget=args.budget)
+        results.setdefault("models", {})[name] = row
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"{name}: NLL {row['nll']:.2f} ± {row['nll_stderr']:.2f}, -ELBO {row['test_neg_elbo']:.2f}", flush=True)
+
+    print(f"\n{'model':<22}{'train s':>9}{'epochs':>8}{'-ELBO':>9}{'NLL':>9}{'± se':>7}{'bits/dim':>10}")
+    for name, row in results.get("models", {}).items():
+        bpd = row.get("nll_bits_per_dim", math.nan)
+        print(
+            f"{name:<22}{row['train_seconds']:>9.0f}{row['epochs']:>8}{row['test_neg_elbo']:>9.2f}"
+            f"{row['nll']:>9.2f}{row['nll_stderr']:>7.2f}{bpd:>10.4f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
