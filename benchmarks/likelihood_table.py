@@ -6,7 +6,7 @@ its test NLL is estimated by vaekit's importance sampler (k samples per image, a
 fixed binarisation, seed 0). Models run one after another, never side by side, and each result is
 saved as soon as it exists, so a long table can be built over several sittings (`--models` picks).
 
-    pip install -c constraints.txt pythae
+    pip install -c constraints.txt -e ".[bench]"
     python benchmarks/likelihood_table.py --data fashion-mnist --budget 30m --k 5000
     python benchmarks/likelihood_table.py --data digits --budget 2m --k 5000
 

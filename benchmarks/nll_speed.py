@@ -6,7 +6,7 @@ the output says), its weights copied into a vaekit VAE; both estimate log p(x) o
 images (one fixed binarisation) with k = 1000. Prints medians of the repeats, the achieved fraction of
 this machine's fp32 matmul peak (measured in the same run) and both estimates.
 
-    pip install -c constraints.txt pythae
+    pip install -c constraints.txt -e ".[bench]"
     python benchmarks/nll_speed.py --json nll_speed.json
 """
 

@@ -1,6 +1,6 @@
 """pythae (https://github.com/clementchadebec/benchmark_VAE) as a peer in the benchmarks, never a dependency.
 
-Install it beside vaekit with `pip install -c constraints.txt pythae`. Its models get MLPs of the
+Install it beside vaekit with `pip install -c constraints.txt -e '.[bench]'`. Its models get MLPs of the
 same shape as vaekit's, train on the same dynamically binarised data under a wall-clock budget, and
 are scored by vaekit's importance-sampled estimator through `PythaeAdapter`.
 """
