@@ -40,6 +40,16 @@ def test_bernoulli_and_gaussian_log_prob_match_torch():
     assert torch.allclose(Gaussian(loc, logvar).log_prob(y), expected, atol=1e-5)
 
 
+def test_bernoulli_log_prob_is_exact_for_confident_logits_and_broadcasts_over_samples():
+    logits = torch.tensor([[-60.0, -15.0, -1e-3, 0.0, 2.5, 15.0, 60.0]] * 2).view(1, 2, 7).expand(3, 2, 7).clone()
+    logits[1] *= 0.5
+    x = torch.tensor([[1.0, 0, 1, 0, 1, 1, 0], [0.0, 1, 0, 1, 0, 0, 1]])
+    exact = -torch.nn.functional.softplus(-logits.double() * (2 * x.double() - 1)).sum(-1)
+    ours = Bernoulli(logits).log_prob(x)  # logits (samples, batch, dim), x (batch, dim)
+    assert ours.shape == (3, 2)
+    assert torch.allclose(ours.double(), exact, rtol=1e-6, atol=1e-9)
+
+
 @pytest.mark.parametrize("levels", [2, 17, 256])
 def test_discretized_logistic_is_a_normalised_pmf(levels):
     torch.manual_seed(levels)

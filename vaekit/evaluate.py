@@ -72,7 +72,7 @@ def negative_log_likelihood(
     `nll_stderr` is the standard error of the mean from the importance sampling alone (the items are
     fixed): sqrt(sum of the per-item squared standard errors) / n.
     """
-    batch_size = batch_size or max(1, min(len(x), 500))
+    batch_size = batch_size or max(1, min(len(x), 256))
     generator = torch.Generator(x.device).manual_seed(seed)
     log_px, variance = torch.zeros(len(x), dtype=torch.float64), torch.zeros(len(x), dtype=torch.float64)
     with tqdm(
