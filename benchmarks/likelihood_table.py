@@ -57,7 +57,7 @@ def train_vaekit(name: str, source: str, budget: float, out: Path):
     run = vaekit.train(
         source, out / name, binarize="dynamic", time_budget=budget, patience=None, quiet=False, **VAEKIT[name]
     )
-    return run.model, run.metrics[-1]["seconds"], int(run.metrics[-1]["epoch"])
+    return run.model, run.metrics[-1]["wall_seconds"], int(run.metrics[-1]["epoch"])
 
 
 def train_peer(name: str, source: str, budget: float, out: Path):

@@ -145,7 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"default: about {TARGET_STEPS} optimiser steps, at least {MIN_EPOCHS} epochs",
     )
     p.add_argument(
-        "--time-budget", type=_duration, help="train for this long (e.g. 30m), the learning rate decaying by its end"
+        "--time-budget",
+        type=_duration,
+        help="train for this long, wall clock (e.g. 30m), the learning rate decaying by its end",
     )
     p.add_argument(
         "--batch-size", type=_positive_int, default=defaults.batch_size,

@@ -27,13 +27,16 @@ from vaekit.errors import OptionError, VaekitError
 from vaekit.models import LatentVariableModel
 
 METRIC_FIELDS = [
-    "epoch", "step", "seconds", "beta",
+    "epoch", "step", "seconds", "wall_seconds", "beta",
     "train_neg_elbo", "train_reconstruction", "train_kl",
     "heldout_neg_elbo", "heldout_reconstruction", "heldout_kl", "heldout_bits_per_dim", "skipped_updates",
 ]  # fmt: skip
 TARGET_STEPS = 1600  # default epochs give about this many optimiser steps (at least MIN_EPOCHS)
 MIN_EPOCHS, MAX_EPOCHS = 5, 300
 BUDGET_PROBE_STEPS = 50  # under a time budget, the speed is first measured after this many steps
+SAVE_EVERY_SECONDS = (
+    10.0  # checkpoint, best weights and metrics: after the first epoch, then at most this often, and at the end
+)
 EVAL_SEED = 0  # binarisation of held-out data for Bernoulli models: one fixed draw
 PRECISIONS = ("auto", "fp32", "bf16")
 OBJECTIVES = ("elbo", "iwae")
@@ -60,7 +63,8 @@ class TrainConfig:
     objective: str = "elbo"  # or "iwae": the importance-weighted bound with `k` samples
     k: int = 5  # importance samples of the IWAE objective
     skip_threshold: float | None = None  # skip updates whose gradient norm exceeds this (VDVAE); None: never
-    time_budget: float | None = None  # seconds of optimisation: training ends (and its learning rate decays) by then
+    time_budget: float | None = None  # wall-clock seconds, evaluation and saving included: training ends (and its
+    # learning rate decays) by then
     seed: int = 0
 
     def validate(self, likelihood: str | None = None) -> None:
@@ -216,15 +220,18 @@ class Trainer:
         self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=ADAM_BETAS, fused=True)
         self.dtype = resolve_precision(config.precision, self.device)
         self.generator = torch.Generator(self.device).manual_seed(config.seed)  # same stream on every rank
-        self.epoch, self.step, self.seconds, self.skipped = 0, 0, 0.0, 0
+        self.epoch, self.step, self.skipped = 0, 0, 0
+        self.seconds, self.wall = 0.0, 0.0  # optimisation time; wall-clock time of training, evaluation and saving
+        self._best_state: dict[str, torch.Tensor] | None = None  # best weights not yet written
+        self._last_save = self._last_epoch_end = -math.inf
         self.best, self.bad_epochs = math.inf, 0
         self.metrics: list[dict[str, float]] = []
 
     # --- state for resume -------------------------------------------------
     def save_checkpoint(self) -> None:
         rng = {"generator": self.generator.get_state()}
-        state = {"epoch": self.epoch, "step": self.step, "seconds": self.seconds, "best": self.best,
-                 "skipped": self.skipped}  # fmt: skip
+        state = {"epoch": self.epoch, "step": self.step, "seconds": self.seconds, "wall": self.wall,
+                 "best": self.best, "skipped": self.skipped}  # fmt: skip
         model_io.save_checkpoint(
             self.run_dir, self.model, self.optimizer, rng, {**state, "bad_epochs": self.bad_epochs}
         )
@@ -237,6 +244,7 @@ class Trainer:
         self.generator.set_state(rng["generator"])
         self.epoch, self.step, self.seconds = state["epoch"], state["step"], state["seconds"]
         self.best, self.bad_epochs, self.skipped = state["best"], state["bad_epochs"], state.get("skipped", 0)
+        self.wall = state.get("wall", self.seconds)
         self.metrics = read_metrics(self.run_dir)[: self.epoch]
 
     # --- the loop ---------------------------------------------------------
@@ -249,7 +257,8 @@ class Trainer:
         epochs = 10**9 if budget_only else cfg.epochs_for(len(train))  # the budget alone decides
         steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
         self.max_steps = self.total_steps = epochs * steps_per_epoch
-        self._fit_steps_to_budget(self.seconds)
+        self._clock_start = time.perf_counter() - self.wall  # so that _wall() goes on from a resumed run's time
+        self._fit_steps_to_budget()
         warmup_steps = cfg.warmup_epochs * steps_per_epoch
         train_x = train.x.to(self.device)  # moved once; uint8 where the data are levels
         train_y, heldout_y = (labels_for(model, d) for d in (train, heldout))
@@ -277,7 +286,7 @@ class Trainer:
                 self.step, seen = self.step + 1, seen + len(batch)
                 sums += r.totals()
                 if self.step == BUDGET_PROBE_STEPS:  # a first estimate, should one epoch outlast the budget
-                    self._fit_steps_to_budget(self.seconds + time.perf_counter() - start)
+                    self._fit_steps_to_budget()
                 if self.step % check_every == 0 or i + cfg.batch_size >= len(train):
                     value = loss.item()
                     if not math.isfinite(value):
@@ -287,6 +296,8 @@ class Trainer:
             self.seconds += time.perf_counter() - start
             self.epoch += 1
             row = self._epoch_row(distributed.all_reduce_sum(sums) / seen, heldout_x, heldout_y, beta)
+            self.wall = self._wall()
+            row["wall_seconds"] = round(self.wall, 3)
             self.metrics.append(row)
             if self.rank == 0:
                 self._end_epoch(row)
@@ -295,18 +306,24 @@ class Trainer:
             bar.set_postfix(epoch=self.epoch, heldout=f"{row['heldout_neg_elbo']:.2f}")
             if stop_below is not None and row["heldout_neg_elbo"] <= stop_below:
                 break
-            self._fit_steps_to_budget(self.seconds)
+            self._fit_steps_to_budget()
             bar.total = self.total_steps
         bar.close()
+        if self.rank == 0 and self._last_save < self._last_epoch_end:
+            self._save()
         distributed.barrier()
         model.eval()
         return self.metrics
 
-    def _fit_steps_to_budget(self, elapsed: float) -> None:
-        """Under a time budget, the steps that fit in it at the speed measured so far (rank 0's measure, so
-        that every rank stops at the same step and follows the same learning-rate schedule)."""
-        budget = self.config.time_budget
-        if budget is None or elapsed <= 0:
+    def _wall(self) -> float:
+        return time.perf_counter() - self._clock_start
+
+    def _fit_steps_to_budget(self) -> None:
+        """Under a time budget, the steps that fit in it at the speed measured so far, evaluation and saving
+        included (rank 0's measure, so that every rank stops at the same step and follows the same
+        learning-rate schedule)."""
+        budget, elapsed = self.config.time_budget, self._wall()
+        if budget is None or self.step == 0:
             return
         remaining = max(0.0, budget - elapsed) * self.step / elapsed
         self.total_steps = distributed.broadcast(min(self.max_steps, self.step + int(remaining)))
@@ -381,11 +398,23 @@ class Trainer:
         return improved
 
     def _end_epoch(self, row: dict[str, float]) -> None:
-        """Save the model when held-out -ELBO improved, then metrics, then the checkpoint (rank 0 only)."""
+        """Keep the model when held-out -ELBO improved; save now and then (rank 0 only), since on a small
+        data set writing every epoch would take longer than the epoch itself."""
         if self._track_best(row):
-            model_io.save_weights(self.run_dir / model_io.WEIGHTS, self.model.state_dict())
+            self._best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self._last_epoch_end = time.perf_counter()
+        if self._last_epoch_end - self._last_save >= SAVE_EVERY_SECONDS:
+            self._save()
+
+    def _save(self) -> None:
+        """The best model (if it changed), then metrics, then the checkpoint: a crash between any two
+        leaves a loadable run, and a resumed run repeats the epochs since the checkpoint exactly."""
+        if self._best_state is not None:
+            model_io.save_weights(self.run_dir / model_io.WEIGHTS, self._best_state)
+            self._best_state = None
         write_metrics(self.run_dir, self.metrics)
         self.save_checkpoint()
+        self._last_save = time.perf_counter()
 
 
 def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
