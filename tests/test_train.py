@@ -108,6 +108,27 @@ def test_nan_loss_stops_with_epoch_and_step(tmp_path, monkeypatch):
         vaekit.train("digits", tmp_path / "n", epochs=1, **TINY)
 
 
+def test_an_error_mid_run_keeps_the_best_model_and_metrics_so_far(tmp_path, monkeypatch):
+    original = train_module.Trainer._end_epoch
+
+    def fail_after_three(self, row):
+        original(self, row)
+        if self.epoch == 3:
+            raise train_module.TrainingError("stopped")
+
+    monkeypatch.setattr(train_module.Trainer, "_end_epoch", fail_after_three)
+    with pytest.raises(train_module.TrainingError):
+        vaekit.train("digits", tmp_path / "e", epochs=5, **TINY)
+    rows = train_module.read_metrics(tmp_path / "e")
+    assert [r["epoch"] for r in rows] == [1, 2, 3]  # saving is throttled, yet nothing is lost
+    best_epoch = min(rows, key=lambda r: r["heldout_neg_elbo"])["epoch"]
+    model = vaekit.load(tmp_path / "e")
+    held = vaekit.data.load_for_training("digits")[1]
+    x = model.prepare(held.x)
+    score = train_module.evaluate_elbo(model, x, generator=torch.Generator().manual_seed(train_module.EVAL_SEED))
+    assert score["neg_elbo"] == pytest.approx(rows[int(best_epoch) - 1]["heldout_neg_elbo"], rel=1e-5)
+
+
 @pytest.mark.parametrize(
     "options,message",
     [

@@ -89,8 +89,9 @@ class Bernoulli:
         return torch.sigmoid(self.logits)
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """log p(x) for x in {0, 1}: -softplus(-l) where x = 1 and -softplus(l) where x = 0, which is exact
-        in floating point (no cancellation) and takes two passes over the logits, not BCE's five."""
+        """log p(x) for binary x (0 or 1 only: soft targets are not a Bernoulli likelihood): -softplus(-l)
+        where x = 1 and -softplus(l) where x = 0, exact in floating point (no cancellation) and two passes
+        over the logits, not BCE's five."""
         return -_sum_data_dims(F.softplus(self.logits * (1.0 - 2.0 * x)), x)
 
     def sample(self, generator=None) -> torch.Tensor:

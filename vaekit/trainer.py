@@ -2,7 +2,8 @@
 clipping, skipping of outlier updates, and early stopping.
 
 Data stays in memory as one tensor and batches are taken by index, so there is no per-item Python
-work. Every epoch ends with an atomic checkpoint and, when held-out -ELBO improved, the saved model.
+work. Every epoch ends with a held-out evaluation; the best model, the metrics and a checkpoint are
+written atomically after the first epoch, then at most every SAVE_EVERY_SECONDS, and at the end.
 """
 
 from __future__ import annotations
@@ -258,8 +259,6 @@ class Trainer:
         steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
         self.max_steps = self.total_steps = epochs * steps_per_epoch
         self._clock_start = time.perf_counter() - self.wall  # so that _wall() goes on from a resumed run's time
-        self._fit_steps_to_budget()
-        warmup_steps = cfg.warmup_epochs * steps_per_epoch
         train_x = train.x.to(self.device)  # moved once; uint8 where the data are levels
         train_y, heldout_y = (labels_for(model, d) for d in (train, heldout))
         train_y, heldout_y = (None if t is None else t.to(self.device) for t in (train_y, heldout_y))
@@ -270,13 +269,32 @@ class Trainer:
             total=self.total_steps, initial=self.step, disable=True if self.quiet or self.rank else None,
             unit="step", dynamic_ncols=True, leave=False,
         )  # fmt: skip
-        check_every = 1 if self.device.type == "cpu" else 50  # on a GPU, reading the loss waits for it
+        self._speed_origin = (self.step, self._wall())  # the budget's speed: this session's steps, not the set-up
+        self._fit_steps_to_budget()
         model.train()
+        try:
+            self._epochs(train_x, train_y, heldout_x, heldout_y, bar, stop_below)
+        except BaseException:
+            if self.rank == 0:  # keep the best model so far; the checkpoint stays at its last epoch's end
+                self._save(checkpoint=False)
+            raise
+        finally:
+            bar.close()
+        if self.rank == 0 and self._last_save < self._last_epoch_end:
+            self._save()
+        distributed.barrier()
+        model.eval()
+        return self.metrics
+
+    def _epochs(self, train_x, train_y, heldout_x, heldout_y, bar, stop_below: float | None) -> None:
+        cfg = self.config
+        warmup_steps = cfg.warmup_epochs * math.ceil(len(train_x) / cfg.batch_size)
+        check_every = 1 if self.device.type == "cpu" else 50  # on a GPU, reading the loss waits for it
         while self.step < self.total_steps and not self._should_stop():
             start, seen = time.perf_counter(), 0
             sums = torch.zeros(3, dtype=torch.float64, device=self.device)
-            order = torch.randperm(len(train), generator=self.generator, device=self.device)
-            for i in range(0, len(train), cfg.batch_size):
+            order = torch.randperm(len(train_x), generator=self.generator, device=self.device)
+            for i in range(0, len(train_x), cfg.batch_size):
                 if self.step >= self.total_steps:  # the time budget ends inside this epoch
                     break
                 batch = order[i : i + cfg.batch_size]
@@ -287,7 +305,7 @@ class Trainer:
                 sums += r.totals()
                 if self.step == BUDGET_PROBE_STEPS:  # a first estimate, should one epoch outlast the budget
                     self._fit_steps_to_budget()
-                if self.step % check_every == 0 or i + cfg.batch_size >= len(train):
+                if self.step % check_every == 0 or i + cfg.batch_size >= len(train_x):
                     value = loss.item()
                     if not math.isfinite(value):
                         raise TrainingError(f"the loss became {value} at epoch {self.epoch + 1}, step {self.step}")
@@ -308,12 +326,6 @@ class Trainer:
                 break
             self._fit_steps_to_budget()
             bar.total = self.total_steps
-        bar.close()
-        if self.rank == 0 and self._last_save < self._last_epoch_end:
-            self._save()
-        distributed.barrier()
-        model.eval()
-        return self.metrics
 
     def _wall(self) -> float:
         return time.perf_counter() - self._clock_start
@@ -323,9 +335,14 @@ class Trainer:
         included (rank 0's measure, so that every rank stops at the same step and follows the same
         learning-rate schedule)."""
         budget, elapsed = self.config.time_budget, self._wall()
+        first_step, first_wall = self._speed_origin
         if budget is None or self.step == 0:
             return
-        remaining = max(0.0, budget - elapsed) * self.step / elapsed
+        if self.step > first_step:
+            steps_per_second = (self.step - first_step) / (elapsed - first_wall)
+        else:  # a resumed run before its first step: the speed of the earlier session(s)
+            steps_per_second = self.step / elapsed
+        remaining = max(0.0, budget - elapsed) * steps_per_second
         self.total_steps = distributed.broadcast(min(self.max_steps, self.step + int(remaining)))
 
     def _set_learning_rate(self, total_steps: int) -> None:
@@ -406,15 +423,17 @@ class Trainer:
         if self._last_epoch_end - self._last_save >= SAVE_EVERY_SECONDS:
             self._save()
 
-    def _save(self) -> None:
+    def _save(self, checkpoint: bool = True) -> None:
         """The best model (if it changed), then metrics, then the checkpoint: a crash between any two
-        leaves a loadable run, and a resumed run repeats the epochs since the checkpoint exactly."""
+        leaves a loadable run, and a resumed run repeats the epochs since the checkpoint exactly (it
+        reads the metrics only up to the checkpoint's epoch)."""
         if self._best_state is not None:
             model_io.save_weights(self.run_dir / model_io.WEIGHTS, self._best_state)
             self._best_state = None
         write_metrics(self.run_dir, self.metrics)
-        self.save_checkpoint()
-        self._last_save = time.perf_counter()
+        if checkpoint:
+            self.save_checkpoint()
+            self._last_save = time.perf_counter()
 
 
 def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
