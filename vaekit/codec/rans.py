@@ -128,6 +128,27 @@ def pop(message: Message, lookup: Lookup, precision: int, lanes=slice(None)) -> 
     return symbols
 
 
+def _splitmix64(v: np.ndarray) -> np.ndarray:
+    """A fixed 64-bit hash (the splitmix64 finaliser): every output bit depends on every input bit."""
+    with np.errstate(over="ignore"):
+        v = (v ^ (v >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        v = (v ^ (v >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return v ^ (v >> np.uint64(31))
+
+
+def scramble(message: Message, precision: int, lanes=slice(None)) -> None:
+    """XOR the low `precision` bits of each lane's state with a hash of its other bits.
+
+    The next pop reads its slot from those low bits, which after a push hold the symbol just pushed;
+    bits-back coding needs that slot to look uniform, whatever was pushed. The high bits are left as
+    they are, so the state keeps its size (and the message its length), and scrambling twice restores
+    the state: a decoder undoes it by doing it again at the mirrored step.
+    """
+    p = _check_precision(precision)
+    head = message.head[lanes]
+    message.head[lanes] = head ^ (_splitmix64(head >> p) & np.uint64((1 << int(p)) - 1))
+
+
 def categorical_lookup(cdf: np.ndarray) -> Lookup:
     """A lookup for per-lane categorical tables: cdf (lanes, alphabet + 1), from 0 to 2^precision."""
     cdf = np.asarray(cdf, dtype=np.uint64)
