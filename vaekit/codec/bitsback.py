@@ -140,10 +140,9 @@ class BitsBackCodec:
         message = message or rans.Message(self.lanes)
         if message.lanes != self.lanes:
             raise CodecError(f"a message of {message.lanes} lanes does not fit a codec of {self.lanes}")
-        if len(x) and (x.shape[1:] != torch.Size(self.model.spec.shape)):
+        if x.shape[1:] != torch.Size(self.model.spec.shape):
             raise CodecError(f"items of shape {tuple(x.shape[1:])} do not fit this model's {self.model.spec.shape}")
-        values = x.reshape(len(x), -1)
-        if len(x) and (values.min() < 0 or values.max() >= self.alphabet or (values != values.round()).any()):
+        if len(x) and (x.min() < 0 or x.max() >= self.alphabet or (x != x.round()).any()):
             raise CodecError(f"values must be integers in 0..{self.alphabet - 1} for this model")
         with _one_thread():
             for item in x:

@@ -1,0 +1,64 @@
+"""The compressed file: round trips, and every way a file can be wrong gives a clear error."""
+
+import numpy as np
+import pytest
+
+import vaekit
+from vaekit import data
+from vaekit.codec import container
+from vaekit.codec.rans import CodecError
+
+
+@pytest.fixture(scope="module")
+def model(tiny_run):
+    return vaekit.load(tiny_run.run_dir)
+
+
+@pytest.fixture(scope="module")
+def levels(model):
+    return data.load("digits", "test", spec=model.spec).x[:40].numpy()
+
+
+@pytest.fixture(scope="module")
+def blob(model, levels):
+    return container.compress(model, levels)
+
+
+def test_round_trip_keeps_values_shape_and_dtype(model, levels, blob):
+    flat = levels.reshape(len(levels), -1).astype(np.int16)
+    for items in (levels, flat):
+        back = container.decompress(model, container.compress(model, items))
+        assert back.dtype == items.dtype and back.shape == items.shape and np.array_equal(back, items)
+    assert np.array_equal(container.decompress(model, blob), levels)
+    empty = levels[:0]
+    assert container.decompress(model, container.compress(model, empty)).shape == empty.shape
+    assert len(blob) < levels.size  # smaller than a byte per value
+
+
+def test_every_truncation_is_refused(model, blob):
+    for length in range(0, len(blob), max(1, len(blob) // 97)):
+        with pytest.raises(CodecError):
+            container.decompress(model, blob[:length])
+
+
+def test_every_flipped_byte_is_refused(model, blob):
+    for position in range(0, len(blob), max(1, len(blob) // 97)):
+        corrupt = bytearray(blob)
+        corrupt[position] ^= 0x10
+        with pytest.raises(CodecError):
+            container.decompress(model, bytes(corrupt))
+
+
+def test_another_model_is_refused(tmp_path, blob):
+    other = vaekit.train("digits", tmp_path / "other", epochs=1, hidden=(32,), latent_dim=4, seed=5, quiet=True)
+    with pytest.raises(CodecError, match="another model"):
+        container.decompress(vaekit.load(other.run_dir), blob)
+
+
+def test_data_the_model_cannot_code_is_refused(model, levels):
+    with pytest.raises(CodecError, match="integer data"):
+        container.compress(model, levels.astype(np.float32))
+    with pytest.raises(CodecError, match="do not fit"):
+        container.compress(model, levels[..., :3])
+    with pytest.raises(CodecError, match=r"0\.\.16"):
+        container.compress(model, levels + 1)
