@@ -62,3 +62,21 @@ def test_data_the_model_cannot_code_is_refused(model, levels):
         container.compress(model, levels[..., :3])
     with pytest.raises(CodecError, match=r"0\.\.16"):
         container.compress(model, levels + 1)
+
+
+def test_cli_round_trip_and_errors(tiny_run, levels, tmp_path, capsys):
+    from vaekit.cli import main
+
+    source, packed, restored = tmp_path / "levels.npy", tmp_path / "levels.vkz", tmp_path / "back.npy"
+    np.save(source, levels)
+    assert main(["compress", str(tiny_run.run_dir), str(source), "-o", str(packed)]) == 0
+    assert main(["decompress", str(tiny_run.run_dir), str(packed), "-o", str(restored)]) == 0
+    back = np.load(restored)
+    assert back.dtype == levels.dtype and np.array_equal(back, levels)
+    packed.write_bytes(packed.read_bytes()[:-5])
+    assert main(["decompress", str(tiny_run.run_dir), str(packed), "-o", str(tmp_path / "bad.npy")]) == 1
+    assert "truncated or corrupt" in capsys.readouterr().err and not (tmp_path / "bad.npy").exists()
+    np.save(source, levels + 1)
+    assert main(["compress", str(tiny_run.run_dir), str(source), "-o", str(tmp_path / "x.vkz")]) == 1
+    assert "levels.npy: values must be integers in 0..16" in capsys.readouterr().err
+    assert not (tmp_path / "x.vkz").exists()
