@@ -24,6 +24,7 @@ from vaekit.dist import Bernoulli, DiscretizedLogistic
 from vaekit.models import LatentVariableModel
 
 PRECISION = 24  # bits of every frequency table
+SNAP = 2.0**-16  # network outputs are rounded to this grid before they make a table
 MAX_LANES = 64
 VALUES_PER_LANE = 4096  # each lane's final state costs up to 64 bits: few lanes for little data
 
@@ -32,9 +33,6 @@ def lanes_for(values: int) -> int:
     """How many rANS lanes suit a message of this many values: enough to vectorise, few enough that the
     lanes' final states (up to 64 bits each) stay a small part of the message."""
     return max(1, min(MAX_LANES, values // VALUES_PER_LANE))
-
-
-SNAP = 2.0**-16  # network outputs are rounded to this grid before they make a table
 
 
 def quantized_cdf(probs: np.ndarray, precision: int = PRECISION) -> np.ndarray:
@@ -76,8 +74,7 @@ class BitsBackCodec:
             raise CodecError(f"latent_bits must lie in 1..16, got {latent_bits}")
         self.model, self.latent_bits, self.lanes = model.eval(), latent_bits, lanes
         buckets = 1 << latent_bits
-        edges = torch.special.ndtri(torch.arange(buckets + 1, dtype=torch.float64) / buckets)  # -inf .. inf
-        self.edges = edges
+        self.edges = torch.special.ndtri(torch.arange(buckets + 1, dtype=torch.float64) / buckets)  # -inf .. inf
         self.centres = torch.special.ndtri((torch.arange(buckets, dtype=torch.float64) + 0.5) / buckets)
         self.alphabet = 2 if model.config.likelihood == "bernoulli" else model.spec.levels
 
