@@ -5,11 +5,15 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import vaekit
 from vaekit import data
 from vaekit.codec import rans
 from vaekit.codec.bitsback import BitsBackCodec, lanes_for, quantized_cdf
+from vaekit.data import DataSpec
+from vaekit.models import VAE, ModelConfig
 from vaekit.trainer import evaluate_elbo
 
 
@@ -62,3 +66,26 @@ def test_values_or_shapes_the_model_cannot_code_are_refused(tiny_run):
         codec.encode(torch.zeros(1, 3, 3))
     with pytest.raises(rans.CodecError, match="lanes"):
         codec.encode(torch.zeros(1, *model.spec.shape), rans.Message(5))
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    shape=st.lists(st.integers(1, 5), min_size=1, max_size=3),
+    levels=st.integers(2, 40),
+    bernoulli=st.booleans(),
+    latent=st.integers(1, 5),
+    items=st.integers(0, 6),
+    lanes=st.integers(1, 9),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_any_model_shape_and_data_round_trip(shape, levels, bernoulli, latent, items, lanes, seed):
+    """Whatever the weights (an untrained model is as good a test as any), decoding returns the data."""
+    torch.manual_seed(seed)
+    spec = DataSpec("levels", tuple(shape), levels=levels)
+    model = VAE(ModelConfig.for_data(spec, "bernoulli" if bernoulli else None, "mlp", latent, (8,))).eval()
+    top = 2 if bernoulli else levels
+    x = torch.randint(0, top, (items, *shape), generator=torch.Generator().manual_seed(seed)).float()
+    codec = BitsBackCodec(model, lanes=lanes, latent_bits=1 + seed % 12)
+    message = rans.Message.from_bytes(codec.encode(x).to_bytes(), lanes)
+    assert torch.equal(codec.decode(message, items), x)
+    assert (message.head == rans.LOWER).all() and not message.tail.any()
