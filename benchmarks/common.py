@@ -1,10 +1,13 @@
-"""What the benchmarks share: the machine's fp32 matmul peak, the CPU's name, Fashion-MNIST or a stand-in."""
+"""What the benchmarks share: the machine's fp32 matmul peak, the CPU's name, Fashion-MNIST or a stand-in,
+and writing their figures."""
 
 from __future__ import annotations
 
+import json
 import platform
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
@@ -47,3 +50,16 @@ def fashion_mnist_or_random() -> tuple[data.Dataset, data.Dataset, str]:
             return data.Dataset(torch.randint(0, 256, (n, 1, 28, 28), generator=gen, dtype=torch.uint8), spec)
 
         return fake(60_000), fake(10_000), "RANDOM 8-bit images (Fashion-MNIST is not installed)"
+
+
+def print_figures(rows: list[tuple[str, str]]) -> None:
+    """(name, value) rows as a two-column table."""
+    width = max(len(name) for name, _ in rows) + 2
+    for name, value in rows:
+        print(f"{name:<{width}}{value}")
+
+
+def write_json(path: str | None, result: dict) -> None:
+    """The figures as JSON, where a path was given."""
+    if path:
+        Path(path).write_text(json.dumps(result, indent=2) + "\n")

@@ -18,7 +18,6 @@ import argparse
 import bz2
 import gzip
 import io
-import json
 import lzma
 import math
 import tempfile
@@ -27,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import cpu_name
+from common import cpu_name, write_json
 from PIL import Image
 
 import vaekit
@@ -128,8 +127,7 @@ def main() -> None:
         f"{100 * result['smaller_than_best_classic']:.1f}% smaller than {best_classic}; round trip exact: {exact}; "
         f"encode {result['encode_images_per_s']:.0f} images/s, decode {result['decode_images_per_s']:.0f} images/s"
     )
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.json, result)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import write_json
 
 ITEM = (28, 28)
 
@@ -108,8 +109,7 @@ def main() -> None:
             )
         result["speed_ratio"] = result["memory_mapped"]["examples_per_s"] / result["in_memory_60k"]["examples_per_s"]
         print(f"memory-mapped / in-memory speed: {result['speed_ratio']:.2f}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.json, result)
 
 
 if __name__ == "__main__":

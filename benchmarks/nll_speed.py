@@ -13,14 +13,12 @@ this machine's fp32 matmul peak (measured in the same run) and both estimates.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
-from pathlib import Path
 
 import torch
-from common import cpu_name, fashion_mnist_or_random, matmul_gflops
+from common import cpu_name, fashion_mnist_or_random, matmul_gflops, print_figures, write_json
 from peers import copy_into_vaekit, dynamic_binarisation_dataset, pythae_model, train_pythae
 
 from vaekit.evaluate import negative_log_likelihood
@@ -93,10 +91,8 @@ def main() -> None:
         ("NLL, vaekit", f"{ours['nll']:.3f} ± {ours['nll_stderr']:.3f} nats"),
         ("NLL, pythae", f"{result['pythae_nll']:.3f} nats"),
     ]
-    for name, value in rows:
-        print(f"{name:<24}{value}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    print_figures(rows)
+    write_json(args.json, result)
 
 
 if __name__ == "__main__":

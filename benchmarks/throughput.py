@@ -16,7 +16,6 @@ Held-out -ELBO of both models comes from the same estimator on the same fixed bi
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import resource
 import statistics
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import cpu_name, fashion_mnist_or_random, matmul_gflops
+from common import cpu_name, fashion_mnist_or_random, matmul_gflops, print_figures, write_json
 from torch import nn
 
 from vaekit.models import VAE, ModelConfig
@@ -256,10 +255,8 @@ def main() -> None:
         *((f"recipe -ELBO, {k}", f"{v:.2f}") for k, v in precision.items()),
         ("peak RSS, this process", f"{result['peak_rss_mib']:.0f} MiB"),
     ]  # fmt: skip
-    for name, value in rows:
-        print(f"{name:<28}{value}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    print_figures(rows)
+    write_json(args.json, result)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import cpu_name, matmul_gflops
+from common import cpu_name, matmul_gflops, write_json
 
 
 def train_once(args: list[str]) -> dict[str, float]:
@@ -81,8 +81,7 @@ def main() -> None:
             f"{c['peak_rss_mib']:>9.0f}"
         )
     print(f"(medians of {args.repeats} runs)")
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.json, result)
 
 
 if __name__ == "__main__":
