@@ -38,7 +38,11 @@ VAEKIT = {
     "vaekit-vae": dict(FLAT),
     "vaekit-iwae": dict(FLAT, objective="iwae", k=5),
     "vaekit-vamp": dict(FLAT, prior="vamp", pseudo_inputs=500),
-    "vaekit-hierarchical": dict(hidden=(512,), layers=(32, 16, 8), warmup_epochs=5, skip_threshold=1000.0),
+    # Adam's first steps at the full 3e-3 wrecked its zero-initialised posterior layers (every later update
+    # was then skipped); a gentler rate with a warm-up trains it
+    "vaekit-hierarchical": dict(
+        hidden=(512,), layers=(32, 16, 8), warmup_epochs=5, skip_threshold=1000.0, lr=1e-3, lr_warmup=500
+    ),
 }
 PYTHAE = {
     "pythae-vae": ("vae", {}),

@@ -212,6 +212,19 @@ def test_learning_rate_is_constant_then_falls_linearly_to_zero(tmp_path, monkeyp
     assert seen[5:] == pytest.approx([1e-2 * (10 - s) / 5 for s in range(5, 10)])
 
 
+def test_learning_rate_warm_up_rises_linearly_then_holds(tmp_path, monkeypatch):
+    seen = []
+    original = train_module.Trainer._step
+
+    def record(self, train_x, train_y, batch, beta):
+        seen.append(self.optimizer.param_groups[0]["lr"])
+        return original(self, train_x, train_y, batch, beta)
+
+    monkeypatch.setattr(train_module.Trainer, "_step", record)
+    vaekit.train("digits", tmp_path / "w", epochs=8, lr=1e-2, lr_decay=0, lr_warmup=4, batch_size=1347, **TINY)
+    assert seen == pytest.approx([2.5e-3, 5e-3, 7.5e-3, 1e-2, 1e-2, 1e-2, 1e-2, 1e-2])
+
+
 def test_bf16_autocast_trains_to_the_same_elbo_as_fp32(tmp_path):
     runs = {p: vaekit.train("digits", tmp_path / p, epochs=30, precision=p, **TINY) for p in ("fp32", "bf16")}
     fp32, bf16 = (min(m["heldout_neg_elbo"] for m in runs[p].metrics) for p in ("fp32", "bf16"))

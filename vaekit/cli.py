@@ -159,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--lr-decay", type=_finite_float, default=defaults.lr_decay,
         help=f"fraction of the last steps over which the rate falls to 0 (default {defaults.lr_decay})",
     )  # fmt: skip
+    p.add_argument(
+        "--lr-warmup", type=int, default=0, help="steps over which the rate rises from 0 (default 0; deep models: ~500)"
+    )
     p.add_argument("--beta", type=_finite_float, default=1.0, help="KL weight (beta-VAE)")
     p.add_argument("--warmup", type=_finite_float, default=0.0, help="KL warm-up epochs (linear from 0 to beta)")
     p.add_argument("--free-bits", type=_finite_float, default=0.0, help="nats per latent dimension left unpenalised")
@@ -319,7 +322,8 @@ def _train(args: argparse.Namespace) -> None:
             time_budget=args.time_budget,
             data_dir=args.data_dir, download=args.download, size=args.size, label=args.label,
             heldout_fraction=args.heldout, quiet=args.quiet, epochs=args.epochs, batch_size=args.batch_size,
-            lr=args.lr, lr_decay=args.lr_decay, beta=args.beta, warmup_epochs=args.warmup, free_bits=args.free_bits,
+            lr=args.lr, lr_decay=args.lr_decay, lr_warmup=args.lr_warmup, beta=args.beta, warmup_epochs=args.warmup,
+            free_bits=args.free_bits,
             clip_grad=args.clip_grad, patience=args.patience or None, binarize=args.binarize, seed=args.seed,
             precision=args.precision,
             device=args.device,

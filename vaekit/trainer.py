@@ -54,6 +54,7 @@ class TrainConfig:
     batch_size: int = 256
     lr: float = 3e-3
     lr_decay: float = 0.5  # the learning rate falls linearly to 0 over this last fraction of the steps
+    lr_warmup: int = 0  # ... and rises linearly from 0 over this many first steps (deep models need it)
     beta: float = 1.0  # weight of the KL term
     warmup_epochs: float = 0.0  # linear KL warm-up from 0 to beta
     free_bits: float = 0.0  # nats per latent dimension below which KL is not penalised
@@ -76,6 +77,7 @@ class TrainConfig:
             (math.isfinite(self.lr) and self.lr > 0, f"learning rate must be > 0, got {self.lr}"),
             (math.isfinite(self.beta) and self.beta >= 0, f"beta must be >= 0, got {self.beta}"),
             (0 <= self.lr_decay <= 1, f"the decay fraction must lie in [0, 1], got {self.lr_decay}"),
+            (self.lr_warmup >= 0, f"learning-rate warm-up must be >= 0 steps, got {self.lr_warmup}"),
             (self.warmup_epochs >= 0, f"warm-up must be >= 0 epochs, got {self.warmup_epochs}"),
             (self.free_bits >= 0, f"free bits must be >= 0, got {self.free_bits}"),
             (self.clip_grad is None or self.clip_grad > 0, f"gradient clip must be > 0, got {self.clip_grad}"),
@@ -346,10 +348,14 @@ class Trainer:
         self.total_steps = distributed.broadcast(min(self.max_steps, self.step + int(remaining)))
 
     def _set_learning_rate(self, total_steps: int) -> None:
-        """Constant, then a linear fall to zero over the last `lr_decay` of the steps (warmup-stable-decay
-        without the warm-up): most of the gain of annealing, at whatever point the budget ends."""
+        """Warm-up-stable-decay: a linear rise over the first `lr_warmup` steps (Adam's first steps move every
+        weight by about the rate, which a deep model's zero-initialised layers do not survive at full rate),
+        constant, then a linear fall to zero over the last `lr_decay` of the steps: most of the gain of
+        annealing, at whatever point the budget ends."""
         remaining = (total_steps - self.step) / total_steps
         scale = 1.0 if self.config.lr_decay == 0 else min(1.0, remaining / self.config.lr_decay)
+        if self.config.lr_warmup > 0:
+            scale *= min(1.0, (self.step + 1) / self.config.lr_warmup)
         for group in self.optimizer.param_groups:
             group["lr"] = self.config.lr * scale
 
