@@ -198,7 +198,9 @@ def test_tiny_heldout_part_still_gets_figures(tmp_path, rng):
     assert {"samples.png", "reconstructions.png", "interpolations.png"} <= {p.name for p in run.run_dir.iterdir()}
 
 
-def test_learning_rate_is_constant_then_falls_linearly_to_zero(tmp_path, monkeypatch):
+@pytest.fixture
+def rates_seen(monkeypatch):
+    """The learning rate of every optimiser step, in order."""
     seen = []
     original = train_module.Trainer._step
 
@@ -207,20 +209,18 @@ def test_learning_rate_is_constant_then_falls_linearly_to_zero(tmp_path, monkeyp
         return original(self, train_x, train_y, batch, beta)
 
     monkeypatch.setattr(train_module.Trainer, "_step", record)
+    return seen
+
+
+def test_learning_rate_is_constant_then_falls_linearly_to_zero(tmp_path, rates_seen):
+    seen = rates_seen
     vaekit.train("digits", tmp_path / "r", epochs=10, lr=1e-2, lr_decay=0.5, batch_size=1347, **TINY)
     assert seen[:5] == [1e-2] * 5  # one step an epoch: constant for the first half
     assert seen[5:] == pytest.approx([1e-2 * (10 - s) / 5 for s in range(5, 10)])
 
 
-def test_learning_rate_warm_up_rises_linearly_then_holds(tmp_path, monkeypatch):
-    seen = []
-    original = train_module.Trainer._step
-
-    def record(self, train_x, train_y, batch, beta):
-        seen.append(self.optimizer.param_groups[0]["lr"])
-        return original(self, train_x, train_y, batch, beta)
-
-    monkeypatch.setattr(train_module.Trainer, "_step", record)
+def test_learning_rate_warm_up_rises_linearly_then_holds(tmp_path, rates_seen):
+    seen = rates_seen
     vaekit.train("digits", tmp_path / "w", epochs=8, lr=1e-2, lr_decay=0, lr_warmup=4, batch_size=1347, **TINY)
     assert seen == pytest.approx([2.5e-3, 5e-3, 7.5e-3, 1e-2, 1e-2, 1e-2, 1e-2, 1e-2])
 
