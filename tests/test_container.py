@@ -35,17 +35,20 @@ def test_round_trip_keeps_values_shape_and_dtype(model, levels, blob):
     assert len(blob) < levels.size  # smaller than a byte per value
 
 
+REFUSED = "not a vaekit compressed file|truncated or corrupt|format version"
+
+
 def test_every_truncation_is_refused(model, blob):
-    for length in range(0, len(blob), max(1, len(blob) // 97)):
-        with pytest.raises(CodecError):
+    for length in range(len(blob)):
+        with pytest.raises(CodecError, match=REFUSED):
             container.decompress(model, blob[:length])
 
 
 def test_every_flipped_byte_is_refused(model, blob):
-    for position in range(0, len(blob), max(1, len(blob) // 97)):
+    for position in range(len(blob)):
         corrupt = bytearray(blob)
-        corrupt[position] ^= 0x10
-        with pytest.raises(CodecError):
+        corrupt[position] ^= 1 << (position % 8)
+        with pytest.raises(CodecError, match=REFUSED):
             container.decompress(model, bytes(corrupt))
 
 

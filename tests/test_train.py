@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 
 import pytest
 import torch
@@ -92,20 +93,42 @@ def test_dynamic_and_static_binarisation_train_a_bernoulli_model(tmp_path):
         assert run.metrics[-1]["heldout_neg_elbo"] < 64 * 0.6931471805599453  # beats a fair coin per pixel
 
 
-def test_nan_loss_stops_with_epoch_and_step(tmp_path, monkeypatch):
-    original = VAE.elbo
-    calls = {"n": 0}
+def poison_elbo(monkeypatch, calls_to_poison) -> None:
+    """Make VAE.elbo return a NaN reconstruction term on the given calls (counted from 1)."""
+    original, calls = VAE.elbo, {"n": 0}
 
     def poisoned(self, x, noise=None, y=None):
         result = original(self, x, noise, y)
         calls["n"] += 1
-        if calls["n"] == 3:
+        if calls["n"] in calls_to_poison:
             result.reconstruction = result.reconstruction * float("nan")
         return result
 
     monkeypatch.setattr(VAE, "elbo", poisoned)
-    with pytest.raises(train_module.TrainingError, match="the loss became nan at epoch 1, step 3"):
-        vaekit.train("digits", tmp_path / "n", epochs=1, **TINY)
+
+
+def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_last_good_model(tmp_path, monkeypatch):
+    # digits' fit part is 5 steps of 256; one held-out evaluation follows each epoch
+    poison_elbo(monkeypatch, {8})
+    with pytest.raises(train_module.TrainingError, match="the loss became nan at epoch 2, step 7"):
+        vaekit.train("digits", tmp_path / "n", epochs=3, **TINY)
+    model = vaekit.load(tmp_path / "n")  # epoch 1's model, not the ruined one
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_on_nan_skip_drops_those_updates_and_trains_on(tmp_path, monkeypatch):
+    poison_elbo(monkeypatch, {3, 4})
+    run = vaekit.train("digits", tmp_path / "s", epochs=2, on_nan="skip", **TINY)
+    assert [m["skipped_updates"] for m in run.metrics] == [2, 2]
+    assert all(torch.isfinite(p).all() for p in run.model.parameters())
+    assert math.isfinite(run.metrics[0]["train_neg_elbo"]) and math.isfinite(run.metrics[-1]["heldout_neg_elbo"])
+
+
+def test_on_nan_skip_gives_up_on_a_model_that_stays_nan(tmp_path, monkeypatch):
+    poison_elbo(monkeypatch, set(range(1, 10_000)))
+    limit = train_module.NONFINITE_IN_A_ROW
+    with pytest.raises(train_module.TrainingError, match=f"NaN/inf for {limit} steps in a row, up to epoch 2"):
+        vaekit.train("digits", tmp_path / "g", epochs=3, batch_size=16, on_nan="skip", **TINY)
 
 
 def test_an_error_mid_run_keeps_the_best_model_and_metrics_so_far(tmp_path, monkeypatch):
@@ -194,8 +217,11 @@ def test_tiny_heldout_part_still_gets_figures(tmp_path, rng):
     import numpy as np
 
     np.save(tmp_path / "few.npy", rng.integers(0, 17, (40, 8, 8)))
-    run = vaekit.train(str(tmp_path / "few.npy"), tmp_path / "r", epochs=1, **TINY)
-    assert {"samples.png", "reconstructions.png", "interpolations.png"} <= {p.name for p in run.run_dir.iterdir()}
+    np.save(tmp_path / "fewer.npy", rng.integers(0, 17, (12, 8, 8)))  # one held-out item: no principal components
+    for name, latent, pairs in (("few", 2, True), ("fewer", 4, False)):
+        run = vaekit.train(str(tmp_path / f"{name}.npy"), tmp_path / name, epochs=1, **{**TINY, "latent_dim": latent})
+        figures = {"samples.png", "reconstructions.png", "latents.png"} | ({"interpolations.png"} if pairs else set())
+        assert figures <= {p.name for p in run.run_dir.iterdir()}
 
 
 @pytest.fixture

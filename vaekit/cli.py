@@ -20,7 +20,7 @@ from vaekit.data.arrays import read_array
 from vaekit.errors import OptionError, VaekitError
 from vaekit.evaluate import encode_means, evaluate
 from vaekit.models import ARCHS, LIKELIHOODS, PRIORS, LatentVariableModel
-from vaekit.trainer import MIN_EPOCHS, OBJECTIVES, PRECISIONS, TARGET_STEPS, TrainConfig, labels_for
+from vaekit.trainer import MIN_EPOCHS, OBJECTIVES, ON_NAN, PRECISIONS, TARGET_STEPS, TrainConfig, labels_for
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,9 +103,16 @@ def _finite_float(text: str) -> float:
 # --- parser ------------------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+    """Refuses a bad option in one line, as every other error (argparse's own prints the whole usage first)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     defaults = TrainConfig()
-    parser = argparse.ArgumentParser(prog="vaekit", description="Variational Autoencoders on PyTorch.")
+    parser = _Parser(prog="vaekit", description="Variational Autoencoders on PyTorch.")
     parser.add_argument("--version", action="version", version=f"vaekit {vaekit.__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -167,6 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--free-bits", type=_finite_float, default=0.0, help="nats per latent dimension left unpenalised")
     p.add_argument("--clip-grad", type=_finite_float, help="clip the gradient norm to this value")
     p.add_argument("--skip-threshold", type=_finite_float, help="skip updates whose gradient norm exceeds this")
+    p.add_argument(
+        "--on-nan", choices=ON_NAN, default="stop",
+        help="a NaN/inf loss or gradient: stop, naming the epoch and step (default), or skip that update",
+    )  # fmt: skip
     p.add_argument(
         "--patience", type=int, default=20, help="stop after this many epochs without held-out gain (0: never)"
     )
@@ -319,6 +330,7 @@ def _train(args: argparse.Namespace) -> None:
             args.data, args.out, likelihood=args.likelihood, arch=args.arch, latent_dim=args.latent,
             hidden=args.hidden, prior=args.prior, pseudo_inputs=args.pseudo_inputs, conditional=args.conditional,
             layers=args.layers, objective=args.objective, k=args.k, skip_threshold=args.skip_threshold,
+            on_nan=args.on_nan,
             time_budget=args.time_budget,
             data_dir=args.data_dir, download=args.download, size=args.size, label=args.label,
             heldout_fraction=args.heldout, quiet=args.quiet, epochs=args.epochs, batch_size=args.batch_size,
@@ -517,7 +529,7 @@ def _decompress(args) -> None:
     try:
         blob = Path(args.input).read_bytes()
     except OSError as error:
-        raise OptionError(f"{args.input}: cannot read ({error.strerror})") from None
+        raise OptionError(f"{args.input}: cannot read ({error.strerror.lower()})") from None
     try:
         items = container.decompress(model, blob)
     except VaekitError as error:

@@ -64,28 +64,38 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
 def load(run_dir: str | os.PathLike) -> LatentVariableModel:
     """Rebuild a trained model from its run folder, in evaluation mode."""
     config = read_config(run_dir)
+    path = Path(run_dir) / WEIGHTS
     try:
-        model = build(ModelConfig.from_dict(config["model"]))
-    except (KeyError, TypeError, ValueError) as e:
+        model_config = ModelConfig.from_dict(config.get("model"))
+        with torch.device("meta"):  # shapes without memory: a corrupt config never allocates a huge model
+            skeleton = build(model_config)
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise ModelFileError(f"{Path(run_dir) / CONFIG}: invalid model section ({e})") from None
-    load_state(model, read_weights(Path(run_dir) / WEIGHTS), Path(run_dir) / WEIGHTS)
+    tensors = read_weights(path)
+    check_weights(skeleton.state_dict(), tensors, path)
+    model = build(model_config)
+    model.load_state_dict(tensors)
     return model.eval()
 
 
-def load_state(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
-    """Copy weights into `model`, naming the first tensor that is missing, extra or of another shape."""
-    expected = model.state_dict()
+def check_weights(expected: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Raise ModelFileError naming the first tensor that is missing, extra, or of another shape or dtype."""
     for name, value in expected.items():
         if name not in tensors:
             raise ModelFileError(f"{path}: weights do not match the config (no tensor {name!r})")
-        if tensors[name].shape != value.shape:
+        if tensors[name].shape != value.shape or tensors[name].dtype != value.dtype:
             raise ModelFileError(
-                f"{path}: weights do not match the config ({name!r} has shape {tuple(tensors[name].shape)}, "
-                f"expected {tuple(value.shape)})"
+                f"{path}: weights do not match the config ({name!r} is {tensors[name].dtype} of shape "
+                f"{tuple(tensors[name].shape)}, expected {value.dtype} of shape {tuple(value.shape)})"
             )
     extra = sorted(set(tensors) - set(expected))
     if extra:
         raise ModelFileError(f"{path}: weights do not match the config (unexpected tensor {extra[0]!r})")
+
+
+def load_state(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Copy weights into `model` after `check_weights`."""
+    check_weights(model.state_dict(), tensors, path)
     model.load_state_dict(tensors)
 
 

@@ -29,6 +29,7 @@ LIKELIHOODS = ("discretized_logistic", "bernoulli", "gaussian")
 ARCHS = ("mlp", "conv")
 PRIORS = ("normal", "vamp")
 _N_PARAMS = {"discretized_logistic": 2, "bernoulli": 1, "gaussian": 2}
+MAX_WIDTH = 1 << 16  # a layer's size, as read from a file: beyond it a config is corrupt, not ambitious
 ROWS_PER_PASS = 4096  # importance sampling: decoded items per pass (measured faster than 50,000 or 1,000)
 ITEMS_PER_PASS = 128  # ... of this many items, so that their encoding is a small part of a pass
 
@@ -52,8 +53,41 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        d = {**d, "spec": DataSpec.from_dict(d["spec"]), "hidden": tuple(d["hidden"])}
-        return cls(**{**d, "layers": tuple(d.get("layers", ()))})
+        """The config a file records, checked as `for_data` checks a new one; ValueError names what is wrong."""
+        if not isinstance(d, dict):
+            raise ValueError("the model section must be a mapping")
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown field {sorted(unknown)[0]!r}")
+        for key in ("likelihood", "arch", "prior"):
+            if not isinstance(d.get(key, "mlp" if key == "arch" else "normal"), str):
+                raise ValueError(f"{key} must be a name")
+        counts = {
+            key: d.get(key, default) for key, default in (("latent_dim", 16), ("pseudo_inputs", 500), ("classes", 0))
+        }
+        for key, value in counts.items():
+            if not (isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_WIDTH):
+                raise ValueError(f"{key} must be an integer in 0..{MAX_WIDTH}, got {value!r}")
+        sizes = {key: d.get(key, []) for key in ("hidden", "layers")}
+        for key, values in sizes.items():
+            if not (
+                isinstance(values, list)
+                and len(values) <= 16
+                and all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_WIDTH for v in values)
+            ):
+                raise ValueError(f"{key} must be at most 16 integers in 1..{MAX_WIDTH}, got {values!r}")  # fmt: skip
+        spec = DataSpec.from_dict(d.get("spec"))
+        try:
+            config = cls.for_data(
+                spec, d.get("likelihood"), d.get("arch", "mlp"), counts["latent_dim"], tuple(sizes["hidden"]),
+                prior=d.get("prior", "normal"), pseudo_inputs=counts["pseudo_inputs"], classes=counts["classes"],
+                layers=tuple(sizes["layers"]),
+            )  # fmt: skip
+        except OptionError as error:
+            raise ValueError(str(error)) from None
+        if config.latent_dim != counts["latent_dim"] or d.get("likelihood") is None:
+            raise ValueError("latent_dim must be the sum of the layers, and the likelihood must be named")
+        return config
 
     @classmethod
     def for_data(

@@ -60,7 +60,9 @@ def save_latent_scatter(
 ) -> None:
     """Held-out posterior means; the first two principal components when the latent space has more than two."""
     plt = _pyplot()
-    if z.shape[1] > 2:
+    if z.shape[1] > 2 and len(z) < 2:  # a single held-out item has no principal components
+        z, axes = z[:, :2], ("z 0", "z 1")
+    elif z.shape[1] > 2:
         from sklearn.decomposition import PCA
 
         z, axes = PCA(n_components=2).fit_transform(z), ("PC 1", "PC 2")

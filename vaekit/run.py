@@ -60,7 +60,7 @@ def train(
     The model: `prior` "normal" or "vamp" (with `pseudo_inputs`), `conditional` (labels into encoder
     and decoder; the data need labels), `layers` (latent sizes of a hierarchical VAE, bottom to top).
     `options` are TrainConfig fields: epochs, batch_size, lr, beta, warmup_epochs, free_bits, clip_grad,
-    patience, binarize, objective, k, skip_threshold, precision, seed. Under torchrun, every process
+    patience, binarize, objective, k, skip_threshold, on_nan, precision, seed. Under torchrun, every process
     calls this; rank 0 writes.
     """
     config = TrainConfig(**options)

@@ -24,7 +24,7 @@ from vaekit import distributed
 from vaekit import io as model_io
 from vaekit._atomic import write_text
 from vaekit.data import Dataset
-from vaekit.errors import OptionError, VaekitError
+from vaekit.errors import ModelFileError, OptionError, VaekitError
 from vaekit.models import LatentVariableModel
 
 METRIC_FIELDS = [
@@ -41,6 +41,8 @@ SAVE_EVERY_SECONDS = (
 EVAL_SEED = 0  # binarisation of held-out data for Bernoulli models: one fixed draw
 PRECISIONS = ("auto", "fp32", "bf16")
 OBJECTIVES = ("elbo", "iwae")
+ON_NAN = ("stop", "skip")
+NONFINITE_IN_A_ROW = 100  # under --on-nan skip, this many non-finite steps in a row stop training: it will not recover
 ADAM_BETAS = (0.9, 0.99)  # a shorter second-moment memory than the usual 0.999: measured faster to a target -ELBO
 
 
@@ -65,6 +67,7 @@ class TrainConfig:
     objective: str = "elbo"  # or "iwae": the importance-weighted bound with `k` samples
     k: int = 5  # importance samples of the IWAE objective
     skip_threshold: float | None = None  # skip updates whose gradient norm exceeds this (VDVAE); None: never
+    on_nan: str = "stop"  # a NaN/inf loss or gradient: "stop" naming the epoch and step, or "skip" that update
     time_budget: float | None = None  # wall-clock seconds, evaluation and saving included: training ends (and its
     # learning rate decays) by then
     seed: int = 0
@@ -91,6 +94,7 @@ class TrainConfig:
             (self.time_budget is None or self.time_budget > 0, f"time budget must be > 0 s, got {self.time_budget}"),
             (self.skip_threshold is None or self.skip_threshold > 0,
              f"the update-skipping threshold must be > 0, got {self.skip_threshold}"),
+            (self.on_nan in ON_NAN, f"on_nan must be one of {', '.join(ON_NAN)}, got {self.on_nan}"),
         ]  # fmt: skip
         if likelihood is not None:
             fits = (self.binarize is not None) == (likelihood == "bernoulli")
@@ -224,6 +228,7 @@ class Trainer:
         self.dtype = resolve_precision(config.precision, self.device)
         self.generator = torch.Generator(self.device).manual_seed(config.seed)  # same stream on every rank
         self.epoch, self.step, self.skipped = 0, 0, 0
+        self._nonfinite_in_a_row = 0
         self.seconds, self.wall = 0.0, 0.0  # optimisation time; wall-clock time of training, evaluation and saving
         self._best_state: dict[str, torch.Tensor] | None = None  # best weights not yet written
         self._last_save = self._last_epoch_end = -math.inf
@@ -302,12 +307,15 @@ class Trainer:
                 batch = order[i : i + cfg.batch_size]
                 beta = cfg.beta * min(1.0, (self.step + 1) / warmup_steps) if warmup_steps > 0 else cfg.beta
                 self._set_learning_rate(self.total_steps)
-                loss, r = self._step(train_x, train_y, batch, beta)
-                self.step, seen = self.step + 1, seen + len(batch)
-                sums += r.totals()
+                result = self._step(train_x, train_y, batch, beta)
+                self.step += 1
+                if result is not None:
+                    loss, r = result
+                    seen += len(batch)
+                    sums += r.totals()
                 if self.step == BUDGET_PROBE_STEPS:  # a first estimate, should one epoch outlast the budget
                     self._fit_steps_to_budget()
-                if self.step % check_every == 0 or i + cfg.batch_size >= len(train_x):
+                if result is not None and (self.step % check_every == 0 or i + cfg.batch_size >= len(train_x)):
                     value = loss.item()
                     if not math.isfinite(value):
                         raise TrainingError(f"the loss became {value} at epoch {self.epoch + 1}, step {self.step}")
@@ -315,7 +323,8 @@ class Trainer:
                 bar.update(1)
             self.seconds += time.perf_counter() - start
             self.epoch += 1
-            row = self._epoch_row(distributed.all_reduce_sum(sums) / seen, heldout_x, heldout_y, beta)
+            train_means = distributed.all_reduce_sum(sums) / seen if seen else torch.full_like(sums, math.nan)
+            row = self._epoch_row(train_means, heldout_x, heldout_y, beta)
             self.wall = self._wall()
             row["wall_seconds"] = round(self.wall, 3)
             self.metrics.append(row)
@@ -360,7 +369,8 @@ class Trainer:
             group["lr"] = self.config.lr * scale
 
     def _step(self, train_x: torch.Tensor, train_y: torch.Tensor | None, batch: torch.Tensor, beta: float):
-        """One optimiser step on this rank's share of a global batch; returns (loss, ELBO pieces)."""
+        """One optimiser step on this rank's share of a global batch; returns (loss, ELBO pieces), or None
+        where `on_nan="skip"` dropped a non-finite step."""
         cfg, model = self.config, self.model
         n = len(batch)
         # random draws cover the whole global batch so that every rank (and a single process) sees the same ones
@@ -386,6 +396,8 @@ class Trainer:
         loss = -objective.sum() * (self.world / n)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if cfg.on_nan == "skip" and not self._finite_step(loss):
+            return None
         if cfg.skip_threshold is not None:
             norm = torch.nn.utils.clip_grad_norm_(model.parameters(), math.inf)  # the norm, unchanged
             if not norm <= cfg.skip_threshold:  # also NaN: an outlier update would undo many good ones
@@ -395,6 +407,23 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
         self.optimizer.step()
         return loss, r
+
+    def _finite_step(self, loss: torch.Tensor) -> bool:
+        """Whether this step's loss and gradient are finite; counts the ones that are not. The gradient norm is
+        taken after DDP's all-reduce, so every rank decides alike (a rank's NaN loss makes every rank's
+        gradient NaN)."""
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), math.inf)
+        if bool(torch.isfinite(loss)) and bool(torch.isfinite(norm)):
+            self._nonfinite_in_a_row = 0
+            return True
+        self.skipped += 1
+        self._nonfinite_in_a_row += 1
+        if self._nonfinite_in_a_row >= NONFINITE_IN_A_ROW:
+            raise TrainingError(
+                f"the loss or gradient was NaN/inf for {NONFINITE_IN_A_ROW} steps in a row, up to epoch "
+                f"{self.epoch + 1}, step {self.step + 1}: the model will not recover (try a lower --lr or --clip-grad)"
+            )
+        return False
 
     def _epoch_row(self, train_means: torch.Tensor, heldout_x, heldout_y, beta: float) -> dict[str, float]:
         eval_gen = torch.Generator(self.device).manual_seed(EVAL_SEED)  # the same noise every epoch
@@ -450,9 +479,18 @@ def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
     write_text(run_dir / "metrics.csv", buffer.getvalue())
 
 
+COUNTS = ("epoch", "step", "skipped_updates")  # read back as integers, so that a resumed run writes them alike
+
+
 def read_metrics(run_dir: Path) -> list[dict[str, float]]:
     path = Path(run_dir) / "metrics.csv"
     if not path.is_file():
         return []
-    with open(path, newline="", encoding="utf-8") as f:
-        return [{k: float(v) if v else None for k, v in row.items()} for row in csv.DictReader(f)]
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            return [
+                {k: None if not v else int(v) if k in COUNTS else float(v) for k, v in row.items()}
+                for row in csv.DictReader(f)
+            ]
+    except (UnicodeDecodeError, ValueError, TypeError, csv.Error) as e:
+        raise ModelFileError(f"{path}: corrupt metrics file ({e})") from None

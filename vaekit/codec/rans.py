@@ -34,13 +34,16 @@ class CodecError(VaekitError):
 class Message:
     """The coder's state: one 64-bit head per lane and a tail of 32-bit words shared by all lanes."""
 
-    def __init__(self, lanes: int):
+    def __init__(self, lanes: int, may_borrow: bool = True):
         if lanes < 1:
             raise CodecError(f"a message needs at least one lane, got {lanes}")
         self.head = np.full(lanes, LOWER, dtype=np.uint64)
         self._tail = np.zeros(1024, dtype=np.uint32)
         self._size = 0
         self.underflow = 0  # zero words popped from below the tail (the initial bits)
+        # An encoder starts empty and borrows zero words; a decoder retraces it and never needs to, so a read
+        # message that runs dry is corrupt, and this bounds the work any file can cause
+        self.may_borrow = may_borrow
 
     @property
     def lanes(self) -> int:
@@ -61,6 +64,8 @@ class Message:
 
     def _pop_words(self, count: int) -> np.ndarray:
         available = min(count, self._size)
+        if available < count and not self.may_borrow:
+            raise CodecError("the message ran out before decoding ended: the data are corrupt or not of this model")
         words = np.zeros(count, dtype=np.uint32)
         words[count - available :] = self._tail[self._size - available : self._size]
         self._size -= available
@@ -80,7 +85,7 @@ class Message:
         head_bytes = 8 * lanes
         if len(data) < head_bytes or (len(data) - head_bytes) % 4:
             raise CodecError(f"a message of {lanes} lanes cannot be {len(data)} bytes long")
-        message = cls(lanes)
+        message = cls(lanes, may_borrow=False)
         message.head = np.frombuffer(data[:head_bytes], dtype="<u8").astype(np.uint64)
         if (message.head < LOWER).any():
             raise CodecError("the message is corrupt: a lane's state lies below its lower bound")

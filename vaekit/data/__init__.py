@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from vaekit.data import arrays, cache, idx, images
-from vaekit.data.dataset import Dataset, DataSpec
+from vaekit.data.dataset import MAX_LEVELS, Dataset, DataSpec
 from vaekit.errors import DataError
 
 __all__ = ["NAMED_SOURCES", "SPLITS", "DataSpec", "Dataset", "has_own_split", "load", "load_for_training"]
@@ -192,7 +192,15 @@ def _infer_spec(raw: _Raw, source: str, standardise_rows: np.ndarray | None = No
     if x.ndim == 2:
         features = tuple(raw.features) if raw.features else None
         rows = x if standardise_rows is None else x[standardise_rows]
-        mean, std = tuple(rows.mean(0).tolist()), tuple(np.maximum(rows.std(0), 1e-6).tolist())
+        with np.errstate(over="ignore", invalid="ignore"):  # checked below, and named
+            mean, std = rows.mean(0, dtype=np.float64), np.maximum(rows.std(0, dtype=np.float64), 1e-6)
+        if not (np.isfinite(mean).all() and np.isfinite(std).all()):
+            column = int(np.flatnonzero(~(np.isfinite(mean) & np.isfinite(std)))[0])
+            name = raw.features[column] if raw.features else column
+            raise DataError(
+                f"{source}: column {name!r} holds values too large to standardise (about 1e308); rescale it"
+            )
+        mean, std = tuple(mean.tolist()), tuple(std.tolist())
         return DataSpec("real", (x.shape[1],), mean=mean, std=std, features=features, classes=classes)
     x = _channels_first(x, source)
     if raw.source_levels is not None or x.dtype == np.uint8 or x.dtype.kind == "f":
@@ -201,6 +209,11 @@ def _infer_spec(raw: _Raw, source: str, standardise_rows: np.ndarray | None = No
         if x.min() < 0:
             raise DataError(f"{source}: integer images must hold levels >= 0, found {x.min()}")
         levels = max(2, int(x.max()) + 1)
+        if levels > MAX_LEVELS:
+            raise DataError(
+                f"{source}: integer images hold values up to {x.max()}; vaekit models at most {MAX_LEVELS} "
+                "levels (16 bits): rescale them, or store them as floats in [0, 1]"
+            )
     return DataSpec("levels", tuple(x.shape[1:]), levels=levels, classes=classes)
 
 
@@ -263,6 +276,8 @@ def _as_levels(raw: _Raw, spec: DataSpec, source: str) -> np.ndarray:
     if tuple(x.shape[1:]) != spec.shape:
         raise DataError(f"{source}: items have shape {tuple(x.shape[1:])}, the model expects {spec.shape}")
     if x.dtype.kind == "f":
+        if not np.isfinite(x).all():
+            raise DataError(f"{source}: images hold NaN or inf at item {np.argwhere(~np.isfinite(x))[0][0]}")
         if x.min() < 0 or x.max() > 1:
             raise DataError(f"{source}: float images must lie in [0, 1], found [{x.min():g}, {x.max():g}]")
         x = np.rint(x * (spec.levels - 1))

@@ -52,8 +52,10 @@ def _read_csv(path: Path, label: str | None) -> tuple[np.ndarray, np.ndarray | N
     try:
         with open(path, newline="", encoding="utf-8") as f:
             rows = [r for r in csv.reader(f) if r]
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: cannot read CSV ({e})") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read CSV ({e.strerror or e})") from None
     if not rows:
         raise DataError(f"{path}: the CSV file is empty")
     header = None if _all_numeric(rows[0]) else [h.strip() for h in rows[0]]
@@ -100,7 +102,9 @@ def _all_numeric(row: list[str]) -> bool:
 def _check(path: Path, x: np.ndarray) -> np.ndarray:
     if x.dtype.kind not in "biuf":
         raise DataError(f"{path}: array has dtype {x.dtype}; vaekit needs numbers")
-    if x.ndim < 2 or x.shape[0] == 0:
+    if x.ndim >= 2 and x.shape[0] == 0:
+        raise DataError(f"{path}: holds no items (shape {x.shape})")
+    if x.ndim < 2:
         raise DataError(f"{path}: expected an array of shape (items, ...), got shape {x.shape}")
     if x.dtype.kind == "f" and not np.isfinite(x).all():
         bad = np.argwhere(~np.isfinite(x))[0]

@@ -11,6 +11,25 @@ import torch
 
 from vaekit.errors import DataError
 
+MAX_LEVELS = 1 << 16
+MAX_DIM = 1 << 24  # values per item: far beyond any image vaekit trains on, far below an allocation to fear
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _positive_ints(values: Any, name: str, most: int) -> tuple[int, ...]:
+    if not (isinstance(values, list) and 1 <= len(values) <= most and all(_is_int(v) and v >= 1 for v in values)):
+        raise ValueError(f"{name} must be 1 to {most} integers >= 1, got {values!r}")
+    if math.prod(values) > MAX_DIM:
+        raise ValueError(f"{name} {values} holds more than {MAX_DIM} values")
+    return tuple(values)
+
 
 @dataclasses.dataclass(frozen=True)
 class DataSpec:
@@ -43,15 +62,35 @@ class DataSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DataSpec:
-        def tup(v):
-            return None if v is None else tuple(v)
-
-        return cls(
-            kind=d["kind"],
-            shape=tuple(d["shape"]),
-            levels=d.get("levels"),
-            **{k: tup(d.get(k)) for k in ("mean", "std", "features", "classes")},
-        )
+        """The spec a config file records; ValueError names the first field that is not a valid one."""
+        if not isinstance(d, dict):
+            raise ValueError("spec must be a mapping")
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"spec has an unknown field {sorted(unknown)[0]!r}")
+        kind, shape = d.get("kind"), _positive_ints(d.get("shape"), "spec.shape", most=3)
+        if kind not in ("levels", "real"):
+            raise ValueError(f"spec.kind must be levels or real, got {kind!r}")
+        dim = math.prod(shape)
+        levels = d.get("levels")
+        if kind == "levels" and not (_is_int(levels) and 2 <= levels <= MAX_LEVELS):
+            raise ValueError(f"spec.levels must be an integer in 2..{MAX_LEVELS}, got {levels!r}")
+        if kind == "real":
+            levels = None
+            for key in ("mean", "std"):
+                values = d.get(key)
+                if not (isinstance(values, list) and len(values) == dim and all(_is_finite(v) for v in values)):
+                    raise ValueError(f"spec.{key} must be {dim} finite numbers")
+            if min(d["std"]) <= 0:
+                raise ValueError("spec.std must be > 0")
+        names = {}
+        for key in ("features", "classes"):
+            values = d.get(key)
+            if values is not None and not (isinstance(values, list) and all(isinstance(v, str) for v in values)):
+                raise ValueError(f"spec.{key} must be a list of names")
+            names[key] = None if values is None else tuple(values)
+        real = {k: tuple(map(float, d[k])) if kind == "real" else None for k in ("mean", "std")}
+        return cls(kind=kind, shape=shape, levels=levels, **real, **names)
 
     def to_unit(self, x: torch.Tensor) -> torch.Tensor:
         """Model-space values to [0, 1] for display (real data: a per-item min-max view)."""

@@ -32,7 +32,7 @@ def _header(path: Path) -> tuple[str, tuple[int, int]]:
         with Image.open(path) as image:
             return image.mode, image.size
     except UnidentifiedImageError:
-        raise DataError(f"{path}: not an image") from None
+        raise DataError(f"{path}: not an image, or a damaged one (no image format recognises it)") from None
     except OSError as e:
         raise DataError(f"{path}: unreadable image ({e})") from None
 
