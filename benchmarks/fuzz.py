@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
 from pathlib import Path
 
 from hypothesis import HealthCheck, Phase, given, settings
@@ -66,6 +67,7 @@ def main() -> None:
     parser.add_argument("--json", help="write the figures here")
     parser.add_argument("--failures", default="fuzz-failures", help="folder for inputs that failed")
     args = parser.parse_args()
+    warnings.simplefilter("error", RuntimeWarning)  # an overflow or NaN warning in a reader counts as a failure
 
     with tempfile.TemporaryDirectory() as tmp:
         run = vaekit.train("digits", Path(tmp) / "seed", epochs=2, hidden=(32,), latent_dim=4, quiet=True)

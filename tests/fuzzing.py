@@ -58,9 +58,10 @@ def seed_file(model, items: int = 3) -> bytes:
 def mutated(draw, seed: bytes, reseal: bool = True) -> bytes:
     """A few random edits of `seed`: flipped or overwritten bytes, header integers, truncation, insertion."""
     blob = bytearray(seed)
+    where = draw(st.randoms(use_true_random=False))  # uniform positions: hypothesis' integers favour the first bytes
     for _ in range(draw(st.integers(1, 4))):
         edit = draw(st.sampled_from(["flip", "overwrite", "integer", "truncate", "insert", "delete"]))
-        at = draw(st.integers(0, max(0, len(blob) - 1)))
+        at = where.randrange(max(1, len(blob)))
         if edit == "flip" and blob:
             blob[at] ^= draw(st.integers(1, 255))
         elif edit == "overwrite":
@@ -84,6 +85,8 @@ def mutated(draw, seed: bytes, reseal: bool = True) -> bytes:
 def compressed_files(seed: bytes) -> st.SearchStrategy[bytes]:
     return st.one_of(
         mutated(seed),
+        mutated(seed),
+        mutated(seed),  # mostly edits of a valid file: they get past the magic
         st.binary(max_size=512),
         st.binary(max_size=512).map(lambda tail: MAGIC + struct.pack("<HHB", 1, 1, 12) + tail),
     )
@@ -134,21 +137,36 @@ def edited_config(draw, seed: dict) -> bytes:
 
 def config_files(seed: dict) -> st.SearchStrategy[bytes]:
     text = json.dumps(seed, indent=2).encode()
-    return st.one_of(edited_config(seed), mutated(text, reseal=False), st.binary(max_size=256))
+    return st.one_of(edited_config(seed), edited_config(seed), mutated(text, reseal=False), st.binary(max_size=256))
 
 
 # --- targets ------------------------------------------------------------------------------------------------
 
 
+REASONS = {  # where in the reader an input was refused, from its message: a sign of how deep the fuzzing gets
+    "no VAEKITZ header": "magic", "format version": "version", "checksum": "checksum", "header": "header",
+    "another model": "model fingerprint", "items of shape": "item shape", "latent_bits": "coder settings",
+    "lane": "coder settings", "ran out": "decoder: message ran dry", "slot lies outside": "decoder: bad slot",
+    "did not end": "decoder: wrong end state", "original's checksum": "decoded data hash",
+}  # fmt: skip
+
+
 def decode(model, blob: bytes) -> str:
-    """'decoded', or the name of the VaekitError; anything else (or a hang) propagates."""
+    """'decoded', or the error class and where it was raised; anything else (or a hang) propagates."""
     try:
         with time_limit():
             items = codec.decompress(model, blob)
     except VaekitError as error:
-        return type(error).__name__
+        reason = next((label for key, label in REASONS.items() if key in str(error)), "other")
+        return f"{type(error).__name__} ({reason})"
     assert isinstance(items, np.ndarray)
     return "decoded"
+
+
+CONFIG_REASONS = {
+    "corrupt JSON": "JSON", "not a vaekit run configuration": "format", "invalid model section": "model section",
+    "weights do not match": "weights against config",
+}  # fmt: skip
 
 
 def load_config(run_dir: Path, text: bytes) -> str:
@@ -158,5 +176,6 @@ def load_config(run_dir: Path, text: bytes) -> str:
         with time_limit():
             vaekit.load(run_dir)
     except VaekitError as error:
-        return type(error).__name__
+        reason = next((label for key, label in CONFIG_REASONS.items() if key in str(error)), "other")
+        return f"{type(error).__name__} ({reason})"
     return "loaded"

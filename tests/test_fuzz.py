@@ -19,15 +19,17 @@ def test_the_seed_decodes(tiny_run, seed):
     assert decode(tiny_run.model, seed) == "decoded"
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")
 def test_fuzzed_compressed_files_decode_or_raise_a_vaekit_error_in_time(tiny_run, seed):
     @FUZZ
     @given(blob=compressed_files(seed))
     def check(blob):
-        assert decode(tiny_run.model, blob) in {"decoded", "CodecError"}
+        assert decode(tiny_run.model, blob) == "decoded" or decode(tiny_run.model, blob).startswith("CodecError")
 
     check()
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")
 def test_fuzzed_configs_load_or_raise_a_vaekit_error_in_time(tiny_run, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("fuzz") / "run"
     shutil.copytree(tiny_run.run_dir, run_dir)
@@ -37,6 +39,7 @@ def test_fuzzed_configs_load_or_raise_a_vaekit_error_in_time(tiny_run, tmp_path_
     @FUZZ
     @given(text=config_files(seed))
     def check(text):
-        assert load_config(run_dir, text) in {"loaded", "ModelFileError"}
+        outcome = load_config(run_dir, text)
+        assert outcome == "loaded" or outcome.startswith("ModelFileError")
 
     check()

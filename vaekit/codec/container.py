@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import struct
 
 import numpy as np
@@ -119,7 +120,7 @@ def decompress(model: LatentVariableModel, blob: bytes) -> np.ndarray:
     if header["model"] != model_fingerprint(model):
         raise CodecError("this file was compressed with another model (its fingerprint differs)")
     shape, lanes = header["shape"], int(header["lanes"])
-    if int(np.prod(shape[1:], dtype=np.int64)) != model.spec.dim:
+    if math.prod(shape[1:]) != model.spec.dim:
         raise CodecError(f"the file holds items of shape {shape[1:]}, which this model does not code")
     codec = BitsBackCodec(model, lanes=lanes, latent_bits=int(header["latent_bits"]))
     message = rans.Message.from_bytes(header["payload"], lanes)
