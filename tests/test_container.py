@@ -83,3 +83,27 @@ def test_cli_round_trip_and_errors(tiny_run, levels, tmp_path, capsys):
     assert main(["compress", str(tiny_run.run_dir), str(source), "-o", str(tmp_path / "x.vkz")]) == 1
     assert "levels.npy: values must be integers in 0..16" in capsys.readouterr().err
     assert not (tmp_path / "x.vkz").exists()
+
+
+def test_cli_compresses_an_idx_file_and_an_image_folder_as_the_run_reads_them(tmp_path, rng):
+    from PIL import Image
+
+    from vaekit.cli import main
+    from vaekit.data import idx
+
+    images = rng.integers(0, 256, (24, 8, 8), dtype=np.uint8)
+    idx.write_idx(tmp_path / "images-idx3-ubyte.gz", images)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for i, image in enumerate(images[:6]):
+        Image.fromarray(image).save(folder / f"{i}.png")
+    run = vaekit.train(str(tmp_path / "images-idx3-ubyte.gz"), tmp_path / "run", epochs=1, hidden=(16,),
+                       latent_dim=2, quiet=True)  # fmt: skip
+    assert run.model.spec.levels == 256  # 8-bit files: every byte value is a level, so the round trip is exact
+    for source, expected in ((tmp_path / "images-idx3-ubyte.gz", images), (folder, images[:6])):
+        packed, back = tmp_path / "x.vkz", tmp_path / "back.npy"
+        assert main(["compress", str(run.run_dir), str(source), "-o", str(packed)]) == 0
+        assert main(["decompress", str(run.run_dir), str(packed), "-o", str(back)]) == 0
+        restored = np.load(back)
+        assert restored.dtype == np.uint8 and restored.shape == (len(expected), 1, 8, 8)  # as vaekit reads them
+        assert np.array_equal(restored[:, 0], expected)

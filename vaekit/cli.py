@@ -20,7 +20,7 @@ from vaekit.data.arrays import read_array
 from vaekit.errors import OptionError, VaekitError
 from vaekit.evaluate import encode_means, evaluate
 from vaekit.models import ARCHS, LIKELIHOODS, PRIORS, LatentVariableModel
-from vaekit.trainer import MIN_EPOCHS, OBJECTIVES, ON_NAN, PRECISIONS, TARGET_STEPS, TrainConfig, labels_for
+from vaekit.trainer import MAX_SEED, MIN_EPOCHS, OBJECTIVES, ON_NAN, PRECISIONS, TARGET_STEPS, TrainConfig, labels_for
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,6 +59,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must lie in 0..{MAX_SEED} (a 63-bit integer), got {value}")
     return value
 
 
@@ -181,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--patience", type=int, default=20, help="stop after this many epochs without held-out gain (0: never)"
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: cuda where there is one")
     p.add_argument(
         "--precision",
@@ -205,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--draw", action="store_true", help="draw x from p(x|z) instead of showing its mean")
     p.add_argument("--label", help="a conditional model's class (name or number; default: every class in turn)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("-o", "--output", required=True, help=".png (a grid) or .npy (values in data units)")
 
     p = command(
@@ -499,10 +506,6 @@ def _evaluate(args) -> None:
         print(f"wrote {args.output}")
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def _compress(args) -> None:
     from vaekit.codec import container
 
@@ -537,3 +540,7 @@ def _decompress(args) -> None:
     with atomic_path(args.output) as tmp:
         np.save(tmp, items)
     print(f"wrote {args.output}: {items.shape} {items.dtype}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

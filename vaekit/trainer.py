@@ -42,6 +42,7 @@ EVAL_SEED = 0  # binarisation of held-out data for Bernoulli models: one fixed d
 PRECISIONS = ("auto", "fp32", "bf16")
 OBJECTIVES = ("elbo", "iwae")
 ON_NAN = ("stop", "skip")
+MAX_SEED = 2**63 - 1  # what torch.Generator.manual_seed takes
 NONFINITE_IN_A_ROW = 100  # under --on-nan skip, this many non-finite steps in a row stop training: it will not recover
 ADAM_BETAS = (0.9, 0.99)  # a shorter second-moment memory than the usual 0.999: measured faster to a target -ELBO
 
@@ -94,6 +95,8 @@ class TrainConfig:
             (self.time_budget is None or self.time_budget > 0, f"time budget must be > 0 s, got {self.time_budget}"),
             (self.skip_threshold is None or self.skip_threshold > 0,
              f"the update-skipping threshold must be > 0, got {self.skip_threshold}"),
+            (isinstance(self.seed, int) and 0 <= self.seed <= MAX_SEED,
+             f"seed must lie in 0..{MAX_SEED}, got {self.seed}"),
             (self.on_nan in ON_NAN, f"on_nan must be one of {', '.join(ON_NAN)}, got {self.on_nan}"),
         ]  # fmt: skip
         if likelihood is not None:
