@@ -37,7 +37,8 @@ def time_limit(seconds: float = TIME_LIMIT) -> Iterator[None]:
         raise Hang(f"no answer within {seconds} s")
 
     previous = signal.signal(signal.SIGALRM, interrupt)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    # and again every 0.1 s: an exception raised inside a callback that swallows it (a gc hook) must not end the watch
+    signal.setitimer(signal.ITIMER_REAL, seconds, 0.1)
     try:
         yield
     finally:
