@@ -99,10 +99,6 @@ def non_utf8_corrupt(tmp: Path) -> None:
         f.write(b"not an image")
 
 
-def run_copy(damage: Callable[[Path], None]) -> Callable[[Path], None]:
-    return damage  # the test copies the trained run to {tmp}/run before calling `damage`
-
-
 def edit_config(edit: Callable[[dict], None]) -> Callable[[Path], None]:
     def damage(tmp: Path) -> None:
         path = tmp / "run" / "config.json"

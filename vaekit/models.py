@@ -21,6 +21,7 @@ from torch import nn
 
 from vaekit import nn as blocks
 from vaekit.data import DataSpec
+from vaekit.data.dataset import is_integer
 from vaekit.dist import Bernoulli, DiagonalGaussian, DiscretizedLogistic, Gaussian, GaussianMixture
 from vaekit.errors import OptionError
 from vaekit.importance import ISEstimate, RunningLogMeanExp
@@ -59,34 +60,37 @@ class ModelConfig:
         unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ValueError(f"unknown field {sorted(unknown)[0]!r}")
-        for key in ("likelihood", "arch", "prior"):
-            if not isinstance(d.get(key, "mlp" if key == "arch" else "normal"), str):
-                raise ValueError(f"{key} must be a name")
+        names = {"likelihood": d.get("likelihood"), "arch": d.get("arch", "mlp"), "prior": d.get("prior", "normal")}
+        for key, value in names.items():
+            if not isinstance(value, str):
+                raise ValueError(f"{key} must be a name, got {value!r}")
         counts = {
             key: d.get(key, default) for key, default in (("latent_dim", 16), ("pseudo_inputs", 500), ("classes", 0))
         }
         for key, value in counts.items():
-            if not (isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_WIDTH):
+            if not (is_integer(value) and 0 <= value <= MAX_WIDTH):
                 raise ValueError(f"{key} must be an integer in 0..{MAX_WIDTH}, got {value!r}")
         sizes = {key: d.get(key, []) for key in ("hidden", "layers")}
         for key, values in sizes.items():
             if not (
                 isinstance(values, list)
                 and len(values) <= 16
-                and all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_WIDTH for v in values)
+                and all(is_integer(v) and 1 <= v <= MAX_WIDTH for v in values)
             ):
-                raise ValueError(f"{key} must be at most 16 integers in 1..{MAX_WIDTH}, got {values!r}")  # fmt: skip
+                raise ValueError(f"{key} must be at most 16 integers in 1..{MAX_WIDTH}, got {values!r}")
         spec = DataSpec.from_dict(d.get("spec"))
         try:
             config = cls.for_data(
-                spec, d.get("likelihood"), d.get("arch", "mlp"), counts["latent_dim"], tuple(sizes["hidden"]),
-                prior=d.get("prior", "normal"), pseudo_inputs=counts["pseudo_inputs"], classes=counts["classes"],
+                spec, names["likelihood"], names["arch"], counts["latent_dim"], tuple(sizes["hidden"]),
+                prior=names["prior"], pseudo_inputs=counts["pseudo_inputs"], classes=counts["classes"],
                 layers=tuple(sizes["layers"]),
             )  # fmt: skip
         except OptionError as error:
             raise ValueError(str(error)) from None
-        if config.latent_dim != counts["latent_dim"] or d.get("likelihood") is None:
-            raise ValueError("latent_dim must be the sum of the layers, and the likelihood must be named")
+        if config.latent_dim != counts["latent_dim"]:
+            raise ValueError(
+                f"latent_dim must be the sum of the layers {list(config.layers)}, got {counts['latent_dim']}"
+            )
         return config
 
     @classmethod

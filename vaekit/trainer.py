@@ -399,23 +399,22 @@ class Trainer:
         loss = -objective.sum() * (self.world / n)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if cfg.on_nan == "skip" and not self._finite_step(loss):
+        if cfg.on_nan == "skip" or cfg.skip_threshold is not None:
+            # the norm, unchanged; taken after DDP's all-reduce, so every rank decides alike
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), math.inf)
+        if cfg.on_nan == "skip" and not self._finite_step(loss, norm):
             return None
-        if cfg.skip_threshold is not None:
-            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), math.inf)  # the norm, unchanged
-            if not norm <= cfg.skip_threshold:  # also NaN: an outlier update would undo many good ones
-                self.skipped += 1
-                return loss.detach(), r
+        if cfg.skip_threshold is not None and not norm <= cfg.skip_threshold:  # also NaN: an outlier update
+            self.skipped += 1  # would undo many good ones
+            return loss.detach(), r
         if cfg.clip_grad is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
         self.optimizer.step()
         return loss, r
 
-    def _finite_step(self, loss: torch.Tensor) -> bool:
-        """Whether this step's loss and gradient are finite; counts the ones that are not. The gradient norm is
-        taken after DDP's all-reduce, so every rank decides alike (a rank's NaN loss makes every rank's
-        gradient NaN)."""
-        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), math.inf)
+    def _finite_step(self, loss: torch.Tensor, norm: torch.Tensor) -> bool:
+        """Whether this step's loss and gradient norm are finite; counts the ones that are not (a rank's NaN loss
+        makes every rank's all-reduced gradient NaN, so the ranks agree)."""
         if bool(torch.isfinite(loss)) and bool(torch.isfinite(norm)):
             self._nonfinite_in_a_row = 0
             return True

@@ -15,7 +15,8 @@ MAX_LEVELS = 1 << 16
 MAX_DIM = 1 << 24  # values per item: far beyond any image vaekit trains on, far below an allocation to fear
 
 
-def _is_int(v: Any) -> bool:
+def is_integer(v: Any) -> bool:
+    """An int read from JSON, not a bool (which Python counts as one)."""
     return isinstance(v, int) and not isinstance(v, bool)
 
 
@@ -24,7 +25,7 @@ def _is_finite(v: Any) -> bool:
 
 
 def _positive_ints(values: Any, name: str, most: int) -> tuple[int, ...]:
-    if not (isinstance(values, list) and 1 <= len(values) <= most and all(_is_int(v) and v >= 1 for v in values)):
+    if not (isinstance(values, list) and 1 <= len(values) <= most and all(is_integer(v) and v >= 1 for v in values)):
         raise ValueError(f"{name} must be 1 to {most} integers >= 1, got {values!r}")
     if math.prod(values) > MAX_DIM:
         raise ValueError(f"{name} {values} holds more than {MAX_DIM} values")
@@ -73,7 +74,7 @@ class DataSpec:
             raise ValueError(f"spec.kind must be levels or real, got {kind!r}")
         dim = math.prod(shape)
         levels = d.get("levels")
-        if kind == "levels" and not (_is_int(levels) and 2 <= levels <= MAX_LEVELS):
+        if kind == "levels" and not (is_integer(levels) and 2 <= levels <= MAX_LEVELS):
             raise ValueError(f"spec.levels must be an integer in 2..{MAX_LEVELS}, got {levels!r}")
         if kind == "real":
             levels = None
