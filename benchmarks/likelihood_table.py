@@ -38,6 +38,8 @@ VAEKIT = {
     "vaekit-vae": dict(FLAT),
     "vaekit-iwae": dict(FLAT, objective="iwae", k=5),
     "vaekit-vamp": dict(FLAT, prior="vamp", pseudo_inputs=500),
+    # each pixel's Bernoulli also sees the 24 pixels before it within radius 3 (a masked convolution)
+    "vaekit-context": dict(FLAT, context=3),
     # Adam's first steps at the full 3e-3 wrecked its zero-initialised posterior layers (every later update
     # was then skipped); a gentler rate with a warm-up trains it
     "vaekit-hierarchical": dict(

@@ -152,6 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--layers", type=_int_list, default=(), help="a hierarchical VAE: latent sizes bottom to top, e.g. 32,16"
     )
+    p.add_argument(
+        "--context",
+        type=int,
+        default=0,
+        help="images: each pixel's likelihood also sees the earlier pixels within this radius, 1..3 (default 0: none)",
+    )
     p.add_argument("--objective", choices=OBJECTIVES, default="elbo", help="elbo, or iwae (with --k samples)")
     p.add_argument("--k", type=_positive_int, default=defaults.k, help=f"IWAE samples (default {defaults.k})")
     p.add_argument(
@@ -336,8 +342,8 @@ def _train(args: argparse.Namespace) -> None:
         run = vaekit.train(
             args.data, args.out, likelihood=args.likelihood, arch=args.arch, latent_dim=args.latent,
             hidden=args.hidden, prior=args.prior, pseudo_inputs=args.pseudo_inputs, conditional=args.conditional,
-            layers=args.layers, objective=args.objective, k=args.k, skip_threshold=args.skip_threshold,
-            on_nan=args.on_nan,
+            layers=args.layers, context=args.context, objective=args.objective, k=args.k,
+            skip_threshold=args.skip_threshold, on_nan=args.on_nan,
             time_budget=args.time_budget,
             data_dir=args.data_dir, download=args.download, size=args.size, label=args.label,
             heldout_fraction=args.heldout, quiet=args.quiet, epochs=args.epochs, batch_size=args.batch_size,

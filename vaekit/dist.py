@@ -164,3 +164,55 @@ class DiscretizedLogistic:
         u = u.clamp(1e-6, 1 - 1e-6)
         continuous = self.loc + torch.exp(self.log_scale) * (torch.log(u) - torch.log1p(-u))
         return torch.round(continuous * (self.levels - 1)).clamp(0, self.levels - 1)
+
+
+class PixelContext:
+    """p(x|z) = prod_i p(x_i | z, x_<i): a Bernoulli or discretised logistic whose logit or location at
+    each pixel is shifted by `context(x)`, a function of the pixels before it in raster order only.
+
+    The density of given x needs one pass (every pixel's earlier pixels are known); drawing x, or its
+    mean, goes pixel by pixel. Items have shape (..., channels, height, width).
+    """
+
+    def __init__(self, base: Bernoulli | DiscretizedLogistic, context):
+        self.base, self.context = base, context
+
+    def given(self, x: torch.Tensor) -> Bernoulli | DiscretizedLogistic:
+        """Every pixel's own distribution, given the earlier pixels of x."""
+        return _shifted(self.base, self.context(x))
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        return self.given(x).log_prob(x)
+
+    def _raster(self, pick) -> torch.Tensor:
+        like = self.base.logits if isinstance(self.base, Bernoulli) else self.base.loc
+        canvas = torch.zeros_like(like)
+        shape = like.shape
+        for row in range(shape[-2]):
+            for col in range(shape[-1]):
+                shift = self.context(canvas)[..., row, col]
+                canvas[..., row, col] = pick(_shifted(_pixel(self.base, row, col), shift))
+        return canvas
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """Each pixel's mean given the means before it (what a figure shows; not E[x], which has no closed form)."""
+        return self._raster(lambda pixel: pixel.mean)
+
+    def sample(self, generator=None) -> torch.Tensor:
+        return self._raster(lambda pixel: pixel.sample(generator))
+
+
+def _shifted(base: Bernoulli | DiscretizedLogistic, shift: torch.Tensor) -> Bernoulli | DiscretizedLogistic:
+    if isinstance(base, Bernoulli):
+        return Bernoulli(base.logits + shift)
+    return DiscretizedLogistic(base.loc + shift, base.log_scale, base.levels)
+
+
+def _pixel(base: Bernoulli | DiscretizedLogistic, row: int, col: int) -> Bernoulli | DiscretizedLogistic:
+    if isinstance(base, Bernoulli):
+        return Bernoulli(base.logits[..., row, col])
+    return DiscretizedLogistic(base.loc[..., row, col], base.log_scale[..., row, col], base.levels)
+
+
+Likelihood = Bernoulli | Gaussian | DiscretizedLogistic | PixelContext

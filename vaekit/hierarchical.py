@@ -25,7 +25,7 @@ from torch import nn
 
 from vaekit.dist import DiagonalGaussian
 from vaekit.errors import OptionError
-from vaekit.models import _N_PARAMS, ELBOResult, LatentVariableModel, ModelConfig
+from vaekit.models import _N_PARAMS, ELBOResult, LatentVariableModel, LayerChoice, ModelConfig
 
 
 class ResidualCell(nn.Module):
@@ -60,6 +60,7 @@ class HierarchicalVAE(LatentVariableModel):
         self.merges = nn.ModuleList(nn.Linear(s, width) for s in sizes)
         self.top_down = nn.ModuleList(ResidualCell(width) for _ in sizes)
         self.out = nn.Linear(width, _N_PARAMS[config.likelihood] * spec.dim)
+        self._build_context()
         for layer in self.posteriors:  # the posterior starts as the prior
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
@@ -112,6 +113,16 @@ class HierarchicalVAE(LatentVariableModel):
     def decode(self, z: torch.Tensor, y: torch.Tensor | None = None):
         zs = self._split(z)
         return self._likelihood_of(self._descend(z.shape[:-1], lambda layer, h, prior: zs[layer]))
+
+    def descend(self, choose: LayerChoice, x: torch.Tensor | None = None):
+        features, top = None if x is None else self._features(x), len(self.sizes) - 1
+
+        def step(layer, h, prior):
+            posterior = None if features is None else self._posterior(layer, h, features[layer], prior)
+            return choose(layer, None if layer == top else prior, posterior)
+
+        lead = (1,) if x is None else (len(x),)
+        return self._likelihood_of(self._descend(lead, step))
 
     @property
     def prior(self) -> HierarchicalPrior:

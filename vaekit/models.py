@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -22,14 +23,25 @@ from torch import nn
 from vaekit import nn as blocks
 from vaekit.data import DataSpec
 from vaekit.data.dataset import is_integer
-from vaekit.dist import Bernoulli, DiagonalGaussian, DiscretizedLogistic, Gaussian, GaussianMixture
+from vaekit.dist import (
+    Bernoulli,
+    DiagonalGaussian,
+    DiscretizedLogistic,
+    Gaussian,
+    GaussianMixture,
+    Likelihood,
+    PixelContext,
+)
 from vaekit.errors import OptionError
 from vaekit.importance import ISEstimate, RunningLogMeanExp
 
+# choose(layer, prior, posterior) -> z: see LatentVariableModel.descend
+LayerChoice = Callable[[int, DiagonalGaussian | None, DiagonalGaussian | None], torch.Tensor]
 LIKELIHOODS = ("discretized_logistic", "bernoulli", "gaussian")
 ARCHS = ("mlp", "conv")
 PRIORS = ("normal", "vamp")
 _N_PARAMS = {"discretized_logistic": 2, "bernoulli": 1, "gaussian": 2}
+MAX_CONTEXT = 3  # the causal neighbourhood's radius: 24 pixels at 3, and code tables stay exact (see codec)
 MAX_WIDTH = 1 << 16  # a layer's size, as read from a file: beyond it a config is corrupt, not ambitious
 ROWS_PER_PASS = 4096  # importance sampling: decoded items per pass (measured faster than 50,000 or 1,000)
 ITEMS_PER_PASS = 128  # ... of this many items, so that their encoding is a small part of a pass
@@ -46,6 +58,7 @@ class ModelConfig:
     pseudo_inputs: int = 500  # K, for the VampPrior
     classes: int = 0  # > 0: a conditional VAE over this many class labels
     layers: tuple[int, ...] = ()  # a hierarchical VAE: latent sizes of its stochastic layers, bottom to top
+    context: int = 0  # > 0: each pixel's likelihood also sees the pixels before it within this radius
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -64,9 +77,8 @@ class ModelConfig:
         for key, value in names.items():
             if not isinstance(value, str):
                 raise ValueError(f"{key} must be a name, got {value!r}")
-        counts = {
-            key: d.get(key, default) for key, default in (("latent_dim", 16), ("pseudo_inputs", 500), ("classes", 0))
-        }
+        defaults = (("latent_dim", 16), ("pseudo_inputs", 500), ("classes", 0), ("context", 0))
+        counts = {key: d.get(key, default) for key, default in defaults}
         for key, value in counts.items():
             if not (is_integer(value) and 0 <= value <= MAX_WIDTH):
                 raise ValueError(f"{key} must be an integer in 0..{MAX_WIDTH}, got {value!r}")
@@ -83,7 +95,7 @@ class ModelConfig:
             config = cls.for_data(
                 spec, names["likelihood"], names["arch"], counts["latent_dim"], tuple(sizes["hidden"]),
                 prior=names["prior"], pseudo_inputs=counts["pseudo_inputs"], classes=counts["classes"],
-                layers=tuple(sizes["layers"]),
+                layers=tuple(sizes["layers"]), context=counts["context"],
             )  # fmt: skip
         except OptionError as error:
             raise ValueError(str(error)) from None
@@ -106,6 +118,7 @@ class ModelConfig:
         pseudo_inputs: int = 500,
         classes: int = 0,
         layers: tuple[int, ...] = (),
+        context: int = 0,
     ) -> ModelConfig:
         """The default model for data of this spec: the likelihood fits the data, sizes follow its dimension."""
         likelihood = likelihood or ("gaussian" if spec.kind == "real" else "discretized_logistic")
@@ -125,6 +138,10 @@ class ModelConfig:
             raise OptionError(f"a conditional model needs at least 2 classes, got {classes}")
         if prior == "vamp" and classes:
             raise OptionError("a conditional model with a VampPrior is not supported: choose one of the two")
+        if not 0 <= context <= MAX_CONTEXT:
+            raise OptionError(f"the context radius must lie in 0..{MAX_CONTEXT}, got {context}")
+        if context and not (spec.is_image and likelihood in ("bernoulli", "discretized_logistic")):
+            raise OptionError("a pixel context needs images and a Bernoulli or discretised likelihood")
         d = spec.dim
         if layers:
             if min(layers) < 1:
@@ -139,7 +156,9 @@ class ModelConfig:
         hidden = hidden if hidden is not None else ((512, 256) if d >= 256 else (256, 128))
         if not hidden or min(hidden) < 1:
             raise OptionError(f"hidden layer sizes must be one or more numbers >= 1, got {list(hidden)}")
-        return cls(spec, likelihood, arch, latent_dim, tuple(hidden), prior, pseudo_inputs, classes, tuple(layers))
+        return cls(
+            spec, likelihood, arch, latent_dim, tuple(hidden), prior, pseudo_inputs, classes, tuple(layers), context
+        )
 
 
 def build(config: ModelConfig) -> LatentVariableModel:
@@ -211,15 +230,24 @@ class LatentVariableModel(nn.Module):
             return 2.0 * x - 1.0
         return x
 
-    def _likelihood(self, params: torch.Tensor) -> Bernoulli | Gaussian | DiscretizedLogistic:
+    def _build_context(self) -> None:
+        """The pixel context (a masked convolution), for a config that asks for one; call from __init__."""
+        if self.config.context:
+            self.causal = blocks.CausalContext(self.spec.shape[0], self.config.context)
+
+    def _likelihood(self, params: torch.Tensor) -> Likelihood:
         """The likelihood from decoder outputs of shape (..., n_params, *shape)."""
         # .float(): under bf16 autocast the networks' matmuls run in bf16, the distributions stay in fp32
         parts = params.float().unbind(-1 - len(self.spec.shape))
         if self.config.likelihood == "bernoulli":
-            return Bernoulli(parts[0])
-        if self.config.likelihood == "gaussian":
+            likelihood = Bernoulli(parts[0])
+        elif self.config.likelihood == "gaussian":
             return Gaussian(parts[0], parts[1].clamp(-9.0, 9.0))
-        return DiscretizedLogistic(parts[0] + 0.5, parts[1] - 1.0, self.spec.levels)
+        else:
+            likelihood = DiscretizedLogistic(parts[0] + 0.5, parts[1] - 1.0, self.spec.levels)
+        if self.config.context:
+            return PixelContext(likelihood, lambda x: self.causal(self._encoder_input(x)))
+        return likelihood
 
     def _one_hot(self, y: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
         """Labels as one-hot rows broadcast to `like`'s leading dimensions (None for an unconditional model)."""
@@ -243,6 +271,20 @@ class LatentVariableModel(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """log p(x|z_i) and log p(z_i) - log q(z_i|x), each (n, batch), for the z_i ~ q(z|x) that
         standard normal `noise` of shape (n, batch, latent_dim) gives."""
+        raise NotImplementedError
+
+    @property
+    def layer_sizes(self) -> tuple[int, ...]:
+        """Sizes of the stochastic layers, bottom to top (one layer for a one-layer model)."""
+        return self.config.layers or (self.latent_dim,)
+
+    def descend(self, choose: LayerChoice, x: torch.Tensor | None = None):
+        """Walk the latent layers from the top down and return p(x|z) for the z chosen on the way.
+
+        At each layer `choose(layer, prior, posterior)` returns that layer's z, shape (batch, size): `prior` is
+        p(z_l | z_>l) (None where it is N(0, I)), `posterior` q(z_l | x, z_>l) if x is given, else None. This
+        is how bits-back coding sees any model: one table per layer, each given the layers above.
+        """
         raise NotImplementedError
 
     def iwae(self, x: torch.Tensor, noise: torch.Tensor, y: torch.Tensor | None = None) -> ELBOResult:
@@ -306,6 +348,7 @@ class VAE(LatentVariableModel):
         else:
             self.encoder = blocks.MLPEncoder(spec.shape, config.latent_dim, config.hidden, extra=extra)
             self.decoder = blocks.MLPDecoder(spec.shape, config.latent_dim, config.hidden, n_params, extra=extra)
+        self._build_context()
         if config.prior == "vamp":
             # in the encoder's input space, near its centre; Tomczak & Welling 2018 learn them by gradient too
             self.pseudo_inputs = nn.Parameter(0.01 * torch.randn(config.pseudo_inputs, *spec.shape))
@@ -316,7 +359,7 @@ class VAE(LatentVariableModel):
         mean, logvar = out.float().chunk(2, dim=-1)
         return DiagonalGaussian(mean, logvar.clamp(-30.0, 20.0))
 
-    def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> Bernoulli | Gaussian | DiscretizedLogistic:
+    def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> Likelihood:
         """p(x|z) for z of shape (..., latent_dim); y broadcasts against z's leading dimensions."""
         return self._likelihood(self.decoder(z, self._one_hot(y, z)))
 
@@ -347,6 +390,12 @@ class VAE(LatentVariableModel):
         posterior = self.encode(x, y)
         z = posterior.mean + posterior.stddev * noise  # (n, batch, latent)
         return self.decode(z, y).log_prob(x), self.prior.log_prob(z) - posterior.log_prob(z)
+
+    def descend(self, choose: LayerChoice, x: torch.Tensor | None = None):
+        if self.config.prior != "normal" or self.conditional:
+            raise OptionError("only an unconditional model with the N(0, I) prior walks its latents layer by layer")
+        z = choose(0, None, None if x is None else self.encode(x))
+        return self.decode(z)
 
     @torch.no_grad()
     def sample(

@@ -11,6 +11,7 @@ import itertools
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -97,3 +98,29 @@ class ConvDecoder(nn.Module):
     def forward(self, z: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
         out = self.conv(self.head(_join(z, extra)).view(-1, *self.start))
         return out.view(*z.shape[:-1], self.n_params, *self.shape)
+
+
+class CausalContext(nn.Module):
+    """A convolution over the pixels before each one in raster order (PixelCNN's mask A, Van den Oord et
+    al. 2016): all channels of the earlier pixels within `radius`, none of the pixel's own. Its output
+    shifts each pixel's logit or location; it starts at zero, so a model starts with independent pixels.
+    """
+
+    def __init__(self, channels: int, radius: int):
+        super().__init__()
+        size = 2 * radius + 1
+        self.radius = radius
+        self.weight = nn.Parameter(torch.zeros(channels, channels, size, size))
+        mask = torch.ones(size, size)
+        mask[radius, radius:] = 0  # the pixel itself and those after it on its row
+        mask[radius + 1 :] = 0  # the rows below
+        self.register_buffer("mask", mask, persistent=False)
+
+    @property
+    def masked_weight(self) -> torch.Tensor:
+        return self.weight * self.mask
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (..., channels, height, width) in the encoder's input scale; the shift, of the same shape."""
+        flat = x.reshape(-1, *x.shape[-3:])
+        return F.conv2d(flat, self.masked_weight, padding=self.radius).view(x.shape)

@@ -46,6 +46,7 @@ def train(
     pseudo_inputs: int = 500,
     conditional: bool = False,
     layers: tuple[int, ...] = (),
+    context: int = 0,
     data_dir: str | os.PathLike | None = None,
     download: bool = False,
     size: tuple[int, int] | None = None,
@@ -58,7 +59,8 @@ def train(
     """Train a VAE on `data` and write the run folder `out` (default: a new folder under runs/).
 
     The model: `prior` "normal" or "vamp" (with `pseudo_inputs`), `conditional` (labels into encoder
-    and decoder; the data need labels), `layers` (latent sizes of a hierarchical VAE, bottom to top).
+    and decoder; the data need labels), `layers` (latent sizes of a hierarchical VAE, bottom to top),
+    `context` (each pixel's likelihood also sees the earlier pixels within this radius).
     `options` are TrainConfig fields: epochs, batch_size, lr, beta, warmup_epochs, free_bits, clip_grad,
     patience, binarize, objective, k, skip_threshold, on_nan, precision, seed. Under torchrun, every process
     calls this; rank 0 writes.
@@ -87,7 +89,7 @@ def train(
     spec = train_set.spec
     model_config = ModelConfig.for_data(
         spec, likelihood, arch, latent_dim, hidden, prior=prior, pseudo_inputs=pseudo_inputs, classes=classes,
-        layers=tuple(layers),
+        layers=tuple(layers), context=context,
     )  # fmt: skip
     model = build(model_config)
     device = resolve_device(device)

@@ -1,0 +1,139 @@
+"""The pixel context: p(x|z) = prod_i p(x_i | z, x_<i) is a normalised density, its draws follow it,
+it trains, saves and loads like any model, and bits-back coding with it round-trips and costs its -ELBO."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import vaekit
+from vaekit import data
+from vaekit.codec import rans
+from vaekit.codec.bitsback import BitsBackCodec, lanes_for
+from vaekit.data import DataSpec
+from vaekit.errors import OptionError
+from vaekit.models import ModelConfig, build
+from vaekit.trainer import evaluate_elbo
+
+
+def random_model(shape, levels, bernoulli, radius, layers=(), seed=0, spread=0.5):
+    """A model with random weights everywhere, the zero-initialised context and posterior layers too."""
+    torch.manual_seed(seed)
+    spec = DataSpec("levels", tuple(shape), levels=levels)
+    likelihood = "bernoulli" if bernoulli else None
+    config = ModelConfig.for_data(spec, likelihood, latent_dim=2, hidden=(8,), layers=tuple(layers), context=radius)
+    model = build(config).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(0, spread)
+    return model
+
+
+def all_items(shape, alphabet):
+    return torch.tensor(list(itertools.product(range(alphabet), repeat=math.prod(shape))), dtype=torch.float32).view(
+        -1, *shape
+    )
+
+
+@pytest.mark.parametrize(("shape", "levels", "bernoulli"), [((1, 2, 3), 2, True), ((2, 2, 2), 2, True),
+                                                            ((1, 2, 2), 3, False)])  # fmt: skip
+def test_the_likelihood_sums_to_one_over_every_image(shape, levels, bernoulli):
+    """Only a context that sees earlier pixels alone gives a normalised density: a mask that let a pixel
+    see itself or a later one would not sum to one over all images."""
+    model = random_model(shape, levels, bernoulli, radius=2, spread=1.0)
+    x = all_items(shape, 2 if bernoulli else levels)
+    with torch.no_grad():
+        z = torch.randn(3, 1, 2)  # three latents, each against every image
+        total = torch.logsumexp(model.decode(z).log_prob(x), dim=1).exp()
+    assert torch.allclose(total, torch.ones(3), atol=1e-5)
+
+
+def test_draws_follow_the_density():
+    model = random_model((1, 2, 2), 2, True, radius=1, spread=1.0)
+    x = all_items((1, 2, 2), 2)
+    z = torch.randn(1, 2)
+    with torch.no_grad():
+        likelihood = model.decode(z.expand(20000, 2))
+        draws = likelihood.sample(generator=torch.Generator().manual_seed(0))
+        expected = model.decode(z).log_prob(x).exp()
+    codes = (draws.view(len(draws), -1) * torch.tensor([8.0, 4.0, 2.0, 1.0])).sum(1).long()
+    observed = torch.bincount(codes, minlength=16).double() / len(draws)
+    stderr = (expected * (1 - expected) / len(draws)).sqrt()
+    assert ((observed - expected).abs() <= 5 * stderr + 1e-4).all()
+
+
+def test_a_zero_context_is_the_independent_model():
+    model = random_model((1, 3, 3), 5, False, radius=1)
+    with torch.no_grad():
+        model.causal.weight.zero_()
+        x = torch.randint(0, 5, (4, 1, 3, 3)).float()
+        likelihood = model.decode(torch.randn(4, 2))
+        assert torch.allclose(likelihood.log_prob(x), likelihood.base.log_prob(x))
+
+
+def test_context_needs_images_and_a_discrete_likelihood():
+    with pytest.raises(OptionError, match="needs images"):
+        ModelConfig.for_data(DataSpec("levels", (6,), levels=3), context=1)
+    with pytest.raises(OptionError, match="radius must lie in 0..3"):
+        ModelConfig.for_data(DataSpec("levels", (1, 4, 4), levels=3), context=4)
+
+
+def test_a_context_model_trains_saves_and_loads(tmp_path, private_cache):
+    run = vaekit.train("digits", tmp_path / "c", context=2, hidden=(32,), latent_dim=4, epochs=6, quiet=True)
+    model = vaekit.load(run.run_dir)
+    assert model.config.context == 2 and model.causal.weight.abs().sum() > 0  # the context learned something
+    test = data.load("digits", "test", spec=model.spec).x[:50].float()
+    z = torch.zeros(1, 4)
+    with torch.no_grad():
+        assert torch.equal(model.decode(z).log_prob(test), run.model.eval().decode(z).log_prob(test))
+        samples = model.sample(3, generator=torch.Generator().manual_seed(0))
+    assert samples.shape == (3, 1, 8, 8) and samples.min() >= 0 and samples.max() <= 16
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    channels=st.integers(1, 3),
+    height=st.integers(1, 5),
+    width=st.integers(1, 5),
+    levels=st.integers(2, 30),
+    bernoulli=st.booleans(),
+    radius=st.integers(1, 3),
+    hierarchical=st.booleans(),
+    items=st.integers(0, 4),
+    lanes=st.integers(1, 7),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_any_context_model_round_trips(channels, height, width, levels, bernoulli, radius, hierarchical, items,
+                                       lanes, seed):  # fmt: skip
+    shape = (channels, height, width)
+    model = random_model(shape, levels, bernoulli, radius, layers=(2, 1) if hierarchical else (), seed=seed)
+    top = 2 if bernoulli else levels
+    x = torch.randint(0, top, (items, *shape), generator=torch.Generator().manual_seed(seed)).float()
+    codec = BitsBackCodec(model, lanes=lanes)
+    message = rans.Message.from_bytes(codec.encode(x).to_bytes(), lanes)
+    assert torch.equal(codec.decode(message, items), x)
+    assert (message.head == rans.LOWER).all() and not message.tail.any()
+
+
+def test_context_code_length_is_the_negative_elbo(tmp_path, private_cache):
+    run = vaekit.train("digits", tmp_path / "c", context=1, hidden=(64,), latent_dim=4, epochs=10, quiet=True)
+    model = vaekit.load(run.run_dir)
+    x = data.load("digits", "test", spec=model.spec).x.float()
+    codec = BitsBackCodec(model, lanes=lanes_for(x.numel()))
+    bits = codec.encode(x).bits()
+    neg_elbo = evaluate_elbo(model, x, generator=torch.Generator().manual_seed(0))["neg_elbo"]
+    neg_elbo_bits = neg_elbo * len(x) / math.log(2)
+    assert 0.95 * neg_elbo_bits < bits < 1.05 * neg_elbo_bits + 64 * codec.lanes
+
+
+def test_context_weights_too_large_to_code_exactly_are_refused():
+    model = random_model((1, 3, 3), 4, False, radius=1)
+    with torch.no_grad():
+        model.causal.weight.fill_(1000.0)
+    with pytest.raises(rans.CodecError, match="too large to code exactly"):
+        BitsBackCodec(model, lanes=1).encode(torch.zeros(1, 1, 3, 3))
+    assert np.isfinite(model.causal.masked_weight.sum().item())
