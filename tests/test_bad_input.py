@@ -240,6 +240,8 @@ DATA_CASES = [
          write("x.csv", b"a,b\n1,\xff\xfe\n")),
     Case("csv-missing-label", ".csv without the named label column", f"{TRAIN} {{tmp}}/x.csv --label y",
          r"x\.csv.*'y'", write("x.csv", b"a,b\n1,2\n3,4\n")),
+    Case("csv-context", "--context for a table", f"{TRAIN} {{tmp}}/x.csv --context 1",
+         r"a pixel context needs images", write("x.csv", b"a,b\n1,2\n3,4\n5,6\n")),
 ]
 
 # new data given to a trained run (digits: 8x8 grey images of 17 levels)
@@ -279,6 +281,7 @@ OPTION_CASES = [
         ("train", T, "--hidden", "a,b", r"--hidden: expected comma-separated integers"),
         ("train", T, "--layers", "4,0", r"latent layer sizes must be >= 1, got \[4, 0\]"),
         ("train", T, "--pseudo-inputs", "0", r"--pseudo-inputs: must be >= 1, got 0"),
+        ("train", T, "--context", "4", r"the context radius must lie in 0\.\.3, got 4"),
         ("train", T, "--heldout", "1.5", r"held-out fraction must lie in \(0, 1\), got 1.5"),
         ("train", T, "--time-budget", "0", r"--time-budget: must be a positive duration"),
         ("train", T, "--time-budget", "soon", r"--time-budget: expected a duration"),
@@ -320,6 +323,9 @@ RUN_CASES = [
     Case("run-huge-model", "config.json asking for an enormous model", "sample {tmp}/run -o {tmp}/s.png",
          r"config.json: invalid model section \(hidden must be",
          edit_config(lambda c: c["model"].update(hidden=[10**12]))),
+    Case("run-invalid-context", "config.json with a context radius beyond 3", "sample {tmp}/run -o {tmp}/s.png",
+         r"config.json: invalid model section \(the context radius must lie in 0\.\.3, got 9",
+         edit_config(lambda c: c["model"].update(context=9))),
     Case("run-invalid-spec", "config.json with impossible data levels", "sample {tmp}/run -o {tmp}/s.png",
          r"config.json: invalid model section \(spec.levels must be",
          edit_config(lambda c: c["model"]["spec"].update(levels=1))),

@@ -9,10 +9,14 @@ A hierarchical model codes its layers in the order they are drawn (BB-ANS on a h
 Kingma et al. 2019's "naive" scheme): encoding pops z_L, ..., z_1 from q(z_l | x, z_>l), top down,
 pushes x, then pushes z_1, ..., z_L under p(z_l | z_>l), so that decoding pops the top layer first.
 
+Items are coded in `lanes` interleaved chains, one per rANS lane: item i goes to chain i % lanes, and
+each step codes one item of every chain at once, so that the networks see a batch and every push or
+pop is one vectorised call over the chains. A decoder runs the steps in reverse on the same batches.
+
 Latents are discretised into 2^latent_bits buckets of equal mass under N(0, 1), so the top prior is
 uniform over buckets and its table exact; a conditional prior's table holds its Gaussian's mass per
 bucket, as a posterior's does, and the layers below see the buckets' centres. Every table comes from
-float64 arithmetic on network outputs snapped to a fixed grid, and the networks see one item at a time
+float64 arithmetic on network outputs snapped to a fixed grid, and the networks see the same batches
 on one thread, on the way in as on the way out, so the decoder rebuilds each table bit for bit on the
 same machine.
 """
@@ -36,22 +40,23 @@ VALUES_PER_LANE = 4096  # each lane's final state costs up to 64 bits: few lanes
 
 
 def lanes_for(values: int) -> int:
-    """How many rANS lanes suit a message of this many values: enough to vectorise, few enough that the
-    lanes' final states (up to 64 bits each) stay a small part of the message."""
+    """How many rANS lanes (chains) suit a message of this many values: enough to vectorise, few enough
+    that the lanes' final states (up to 64 bits each) stay a small part of the message."""
     return max(1, min(MAX_LANES, values // VALUES_PER_LANE))
 
 
 def quantized_cdf(probs: np.ndarray, precision: int = PRECISION) -> np.ndarray:
-    """Integer cumulative tables (rows, alphabet + 1) from probabilities (rows, alphabet): every symbol
-    keeps a frequency of at least 1 (so any symbol can be coded) and each row sums to 2^precision."""
-    total, alphabet = 1 << precision, probs.shape[1]
+    """Integer cumulative tables (..., alphabet + 1) from probabilities (..., alphabet): every symbol
+    keeps a frequency of at least 1 (so any symbol can be coded) and each table sums to 2^precision."""
+    total, alphabet = 1 << precision, probs.shape[-1]
     if alphabet > total:
         raise CodecError(f"{alphabet} symbols do not fit a {precision}-bit table")
-    probs = probs / probs.sum(1, keepdims=True)
+    probs = probs / probs.sum(-1, keepdims=True)
     freqs = 1 + np.floor(probs * (total - alphabet)).astype(np.int64)
-    rows = np.arange(len(freqs))
-    freqs[rows, probs.argmax(1)] += total - freqs.sum(1)  # the rounding remainder, to the likeliest symbol
-    return np.concatenate([np.zeros((len(freqs), 1), np.int64), np.cumsum(freqs, 1)], 1)
+    likeliest = probs.argmax(-1)[..., None]  # takes the rounding remainder
+    remainder = total - freqs.sum(-1, keepdims=True)
+    np.put_along_axis(freqs, likeliest, np.take_along_axis(freqs, likeliest, -1) + remainder, -1)
+    return np.concatenate([np.zeros((*freqs.shape[:-1], 1), np.int64), np.cumsum(freqs, -1)], -1)
 
 
 def _snap(t: torch.Tensor) -> torch.Tensor:
@@ -68,8 +73,33 @@ def _one_thread():
         torch.set_num_threads(threads)
 
 
+def _push(message: rans.Message, cdf: np.ndarray, symbols: np.ndarray, scramble: bool = False) -> None:
+    """Push symbols (chains, n) under tables (chains, n, alphabet + 1), one position of every chain per
+    call. The posterior pops of encoding scramble the lanes first, so that they read bits that look
+    uniform (not the last item's latent, which would tie each latent to it); the posterior pushes of
+    decoding scramble after, which undoes it."""
+    lanes, chains = slice(0, len(symbols)), np.arange(len(symbols))
+    for position in range(symbols.shape[1]):
+        s = symbols[:, position]
+        starts = cdf[chains, position, s]
+        rans.push(message, starts, cdf[chains, position, s + 1] - starts, PRECISION, lanes)
+        if scramble:
+            rans.scramble(message, PRECISION, lanes)
+
+
+def _pop(message: rans.Message, cdf: np.ndarray, scramble: bool = False) -> np.ndarray:
+    """The inverse of `_push`: symbols (chains, n) under tables (chains, n, alphabet + 1)."""
+    lanes = slice(0, len(cdf))
+    symbols = np.zeros(cdf.shape[:2], dtype=np.int64)
+    for position in reversed(range(cdf.shape[1])):
+        if scramble:
+            rans.scramble(message, PRECISION, lanes)
+        symbols[:, position] = rans.pop(message, rans.categorical_lookup(cdf[:, position]), PRECISION, lanes)
+    return symbols
+
+
 class BitsBackCodec:
-    """Codes items of a model's data (model space: levels or bits) as one rANS message."""
+    """Codes items of a model's data (model space: levels or bits) as one rANS message of `lanes` chains."""
 
     def __init__(self, model: LatentVariableModel, lanes: int, latent_bits: int = 12):
         if model.config.prior != "normal" or model.conditional:
@@ -84,58 +114,35 @@ class BitsBackCodec:
         self.centres = torch.special.ndtri((torch.arange(buckets, dtype=torch.float64) + 0.5) / buckets)
         self.alphabet = 2 if model.config.likelihood == "bernoulli" else model.spec.levels
 
-    # --- tables -------------------------------------------------------------------------------------------
-    def _latent_cdf(self, gaussian: DiagonalGaussian | None, size: int) -> np.ndarray:
-        """Each bucket's mass under one item's Gaussian over a layer of `size` latents; None stands for
+    # --- tables, one row per chain ---------------------------------------------------------------------------
+    def _latent_cdf(self, gaussian: DiagonalGaussian | None, chains: int, size: int) -> np.ndarray:
+        """Each bucket's mass under each chain's Gaussian over a layer of `size` latents; None stands for
         N(0, I), under which every bucket has the same mass."""
         if gaussian is None:
             step = 1 << (PRECISION - self.latent_bits)
             row = np.arange((1 << self.latent_bits) + 1, dtype=np.int64) * step
-            return np.broadcast_to(row, (size, len(row)))
-        mean, std = _snap(gaussian.mean[0]), torch.exp(0.5 * _snap(gaussian.logvar[0]))
-        mass = torch.special.ndtr((self.edges[None, :] - mean[:, None]) / std[:, None]).diff(dim=1)
+            return np.broadcast_to(row, (chains, size, len(row)))
+        mean, std = _snap(gaussian.mean), torch.exp(0.5 * _snap(gaussian.logvar))
+        mass = torch.special.ndtr((self.edges - mean[..., None]) / std[..., None]).diff(dim=-1)
         return quantized_cdf(mass.clamp_min(0).numpy())
 
     def _centres(self, buckets: np.ndarray) -> torch.Tensor:
-        return self.centres[torch.as_tensor(buckets)].float()[None]
+        return self.centres[torch.as_tensor(buckets)].float()
 
     def _likelihood_cdf(self, likelihood) -> np.ndarray:
         if isinstance(likelihood, Bernoulli):
-            p_one = torch.sigmoid(_snap(likelihood.logits[0]).flatten())
-            probs = torch.stack([1 - p_one, p_one], 1)
+            p_one = torch.sigmoid(_snap(likelihood.logits).flatten(1))
+            probs = torch.stack([1 - p_one, p_one], -1)
         elif isinstance(likelihood, DiscretizedLogistic):
-            loc, log_scale = _snap(likelihood.loc[0]).flatten(), _snap(likelihood.log_scale[0]).flatten()
+            loc, log_scale = _snap(likelihood.loc).flatten(1), _snap(likelihood.log_scale).flatten(1)
             levels = self.alphabet
             inner = (torch.arange(levels - 1, dtype=torch.float64) + 0.5) / (levels - 1)  # bin edges
-            cdf = torch.sigmoid((inner[None, :] - loc[:, None]) * torch.exp(-log_scale)[:, None])
-            ones, zeros = torch.ones(len(loc), 1, dtype=torch.float64), torch.zeros(len(loc), 1, dtype=torch.float64)
-            probs = torch.cat([zeros, cdf, ones], 1).diff(dim=1)
+            cdf = torch.sigmoid((inner - loc[..., None]) * torch.exp(-log_scale)[..., None])
+            zeros = torch.zeros(*loc.shape, 1, dtype=torch.float64)
+            probs = torch.cat([zeros, cdf, zeros + 1], -1).diff(dim=-1)
         else:
             raise CodecError(f"no table for a {type(likelihood).__name__} likelihood")
         return quantized_cdf(probs.clamp_min(0).numpy())
-
-    # --- pushing and popping whole vectors, `lanes` symbols at a time -----------------------------------
-    # The posterior pops of encoding scramble the lanes first, so that they read bits that look uniform
-    # (not the previous item's latent, which would tie each latent to the last); the posterior pushes
-    # of decoding scramble after, which undoes it.
-    def _push(self, message: rans.Message, cdf: np.ndarray, symbols: np.ndarray, scramble: bool = False) -> None:
-        for start in range(0, len(symbols), self.lanes):
-            part = slice(start, start + self.lanes)
-            rows, s = np.arange(len(symbols))[part], symbols[part]
-            lanes = slice(0, len(s))
-            rans.push(message, cdf[rows, s], cdf[rows, s + 1] - cdf[rows, s], PRECISION, lanes)
-            if scramble:
-                rans.scramble(message, PRECISION, lanes)
-
-    def _pop(self, message: rans.Message, cdf: np.ndarray, scramble: bool = False) -> np.ndarray:
-        symbols = np.zeros(len(cdf), dtype=np.int64)
-        for start in reversed(range(0, len(cdf), self.lanes)):
-            part = slice(start, start + self.lanes)
-            lanes = slice(0, len(cdf[part]))
-            if scramble:
-                rans.scramble(message, PRECISION, lanes)
-            symbols[part] = rans.pop(message, rans.categorical_lookup(cdf[part]), PRECISION, lanes)
-        return symbols
 
     # --- the codec -------------------------------------------------------------------------------------------
     # Layers are numbered bottom (0) to top; the model's `descend` visits them top down. Encoding pops
@@ -152,71 +159,71 @@ class BitsBackCodec:
         if len(x) and (x.min() < 0 or x.max() >= self.alphabet or (x != x.round()).any()):
             raise CodecError(f"values must be integers in 0..{self.alphabet - 1} for this model")
         with _one_thread():
-            for item in x:
-                self._encode_item(message, item)
+            for start in range(0, len(x), self.lanes):
+                self._encode_step(message, x[start : start + self.lanes].float())
         return message
 
     @torch.no_grad()
     def decode(self, message: rans.Message, n: int) -> torch.Tensor:
         """Pop n items off a message; the inverse of `encode`, items in their original order."""
+        starts = range(0, n, self.lanes)
         with _one_thread():
-            items = [self._decode_item(message) for _ in range(n)]
-        items.reverse()
-        return torch.stack(items) if items else torch.zeros(0, *self.model.spec.shape)
+            steps = [self._decode_step(message, min(self.lanes, n - start)) for start in reversed(starts)]
+        return torch.cat(steps[::-1]) if steps else torch.zeros(0, *self.model.spec.shape)
 
-    def _encode_item(self, message: rans.Message, item: torch.Tensor) -> None:
-        sizes, buckets, prior_cdfs = self.model.layer_sizes, {}, {}
+    def _encode_step(self, message: rans.Message, items: torch.Tensor) -> None:
+        chains, sizes, buckets, prior_cdfs = len(items), self.model.layer_sizes, {}, {}
 
         def from_posterior(layer, prior, posterior):
-            buckets[layer] = self._pop(message, self._latent_cdf(posterior, sizes[layer]), scramble=True)
-            prior_cdfs[layer] = self._latent_cdf(prior, sizes[layer])
+            cdf = self._latent_cdf(posterior, chains, sizes[layer])
+            buckets[layer] = _pop(message, cdf, scramble=True)
+            prior_cdfs[layer] = self._latent_cdf(prior, chains, sizes[layer])
             return self._centres(buckets[layer])
 
-        likelihood = self.model.descend(from_posterior, item[None].float())
+        likelihood = self.model.descend(from_posterior, items)
         if isinstance(likelihood, PixelContext):
-            _PixelTables(self.model, likelihood, item).push(message)
+            _PixelTables(self.model, likelihood, items).push(message)
         else:
-            self._push(message, self._likelihood_cdf(likelihood), item.flatten().long().numpy())
+            _push(message, self._likelihood_cdf(likelihood), items.flatten(1).long().numpy())
         for layer in range(len(sizes)):
-            self._push(message, prior_cdfs[layer], buckets[layer])
+            _push(message, prior_cdfs[layer], buckets[layer])
 
-    def _decode_item(self, message: rans.Message) -> torch.Tensor:
+    def _decode_step(self, message: rans.Message, chains: int) -> torch.Tensor:
         sizes, buckets, posterior_cdfs = self.model.layer_sizes, {}, {}
 
         def from_prior(layer, prior, posterior):
-            buckets[layer] = self._pop(message, self._latent_cdf(prior, sizes[layer]))
+            buckets[layer] = _pop(message, self._latent_cdf(prior, chains, sizes[layer]))
             return self._centres(buckets[layer])
 
         def record_posterior(layer, prior, posterior):
-            posterior_cdfs[layer] = self._latent_cdf(posterior, sizes[layer])
+            posterior_cdfs[layer] = self._latent_cdf(posterior, chains, sizes[layer])
             return self._centres(buckets[layer])
 
         likelihood = self.model.descend(from_prior)
         if isinstance(likelihood, PixelContext):
-            item = _PixelTables(self.model, likelihood).pop(message)
+            items = _PixelTables(self.model, likelihood).pop(message)
         else:
-            values = self._pop(message, self._likelihood_cdf(likelihood))
-            item = torch.as_tensor(values, dtype=torch.float32).view(self.model.spec.shape)
-        self.model.descend(record_posterior, item[None])
+            values = _pop(message, self._likelihood_cdf(likelihood))
+            items = torch.as_tensor(values, dtype=torch.float32).view(chains, *self.model.spec.shape)
+        self.model.descend(record_posterior, items)
         for layer in range(len(sizes)):
-            self._push(message, posterior_cdfs[layer], buckets[layer], scramble=True)
-        return item
+            _push(message, posterior_cdfs[layer], buckets[layer], scramble=True)
+        return items
 
 
 class _PixelTables:
-    """One item's data, coded pixel by pixel under a likelihood with a pixel context.
+    """A step's items, coded pixel by pixel under a likelihood with a pixel context.
 
     The encoder knows every pixel, the decoder only those before the current one, and both must build
     each pixel's table bit for bit alike. So the context's weighted sums are exact: weights snapped to
     the SNAP grid (and bounded) times integer values add up without rounding in float64, in any order;
-    and each pixel's table comes from the same NumPy calls, on arrays of the same shapes, on both sides.
-    Pixels go in raster order on the way out, so the encoder pushes them in reverse; each value takes a
-    lane of its own in turn.
+    and each pixel's tables come from the same NumPy calls, on arrays of the same shapes, on both sides.
+    Pixels go in raster order on the way out, so the encoder pushes them in reverse.
     """
 
     MAX_WEIGHT = 2.0**8  # |weight| / SNAP * value < 2^40, and up to 2^7 of those sum exactly in float64
 
-    def __init__(self, model: LatentVariableModel, likelihood: PixelContext, item: torch.Tensor | None = None):
+    def __init__(self, model: LatentVariableModel, likelihood: PixelContext, items: torch.Tensor | None = None):
         causal, base = model.causal, likelihood.base
         self.channels, self.height, self.width = model.spec.shape
         weight = _snap(causal.masked_weight.detach()).numpy()
@@ -224,56 +231,45 @@ class _PixelTables:
             raise CodecError("the pixel context's weights are too large to code exactly")
         self.radius = r = causal.radius
         self.taps = np.argwhere(causal.mask.numpy() > 0)  # (taps, 2): kernel rows and columns before the centre
-        self.weight = weight[:, :, self.taps[:, 0], self.taps[:, 1]].reshape(self.channels, -1)
+        self.weight = weight[:, :, self.taps[:, 0], self.taps[:, 1]].reshape(self.channels, -1).T  # (C * taps, C)
         # the model's context sees x as the encoder does: scale * x - 1, and zero outside the image
         self.scale = 2.0 if isinstance(base, Bernoulli) else 2.0 / (model.spec.levels - 1)
-        shape = (self.channels, self.height + 2 * r, self.width + 2 * r)
-        self.canvas, self.inside = np.zeros(shape), np.zeros(shape)
-        self.inside[:, r : r + self.height, r : r + self.width] = 1.0
-        if item is not None:
-            self.canvas[:, r : r + self.height, r : r + self.width] = item.double().numpy()
         if isinstance(base, Bernoulli):
-            self.params, self.levels = (_snap(base.logits[0]).numpy(),), 0
+            self.params, self.levels = (_snap(base.logits).numpy(),), 0
         else:
-            self.params = (_snap(base.loc[0]).numpy(), _snap(base.log_scale[0]).numpy())
-            self.levels = base.levels
+            self.params, self.levels = (_snap(base.loc).numpy(), _snap(base.log_scale).numpy()), base.levels
+        chains = len(self.params[0])
+        padded = (self.channels, self.height + 2 * r, self.width + 2 * r)
+        self.canvas, self.inside = np.zeros((chains, *padded)), np.zeros(padded)
+        self.inside[:, r : r + self.height, r : r + self.width] = 1.0
+        if items is not None:
+            self.canvas[:, :, r : r + self.height, r : r + self.width] = items.double().numpy()
 
     @np.errstate(over="ignore")  # exp overflowing to inf gives the right probability, 0
     def _cdf(self, row: int, col: int) -> np.ndarray:
-        window = (slice(None), self.taps[:, 0] + row, self.taps[:, 1] + col)
-        weighted_values = self.weight @ self.canvas[window].reshape(-1)  # exact: see the class notes
-        weighted_inside = self.weight @ self.inside[window].reshape(-1)
-        shift = self.scale * weighted_values - weighted_inside
+        """Tables (chains, channels, alphabet + 1) of the pixel at (row, col)."""
+        rows, cols = self.taps[:, 0] + row, self.taps[:, 1] + col
+        values = self.canvas[:, :, rows, cols].reshape(len(self.canvas), -1)
+        shift = self.scale * (values @ self.weight) - self.inside[:, rows, cols].reshape(-1) @ self.weight
         if not self.levels:
-            p_one = 1.0 / (1.0 + np.exp(-(self.params[0][:, row, col] + shift)))
-            return quantized_cdf(np.stack([1.0 - p_one, p_one], 1))
-        loc, log_scale = self.params[0][:, row, col] + shift, self.params[1][:, row, col]
+            p_one = 1.0 / (1.0 + np.exp(-(self.params[0][:, :, row, col] + shift)))
+            return quantized_cdf(np.stack([1.0 - p_one, p_one], -1))
+        loc, log_scale = self.params[0][:, :, row, col] + shift, self.params[1][:, :, row, col]
         inner = (np.arange(self.levels - 1) + 0.5) / (self.levels - 1)
-        cdf = 1.0 / (1.0 + np.exp(-(inner[None, :] - loc[:, None]) * np.exp(-log_scale)[:, None]))
-        edges = np.concatenate([np.zeros((self.channels, 1)), cdf, np.ones((self.channels, 1))], 1)
-        return quantized_cdf(np.diff(edges, axis=1).clip(0))
-
-    def _lane(self, row: int, col: int, channel: int, lanes: int) -> slice:
-        lane = ((row * self.width + col) * self.channels + channel) % lanes
-        return slice(lane, lane + 1)
+        cdf = 1.0 / (1.0 + np.exp(-(inner - loc[..., None]) * np.exp(-log_scale)[..., None]))
+        zeros, ones = np.zeros((*loc.shape, 1)), np.ones((*loc.shape, 1))
+        return quantized_cdf(np.diff(np.concatenate([zeros, cdf, ones], -1), axis=-1).clip(0))
 
     def push(self, message: rans.Message) -> None:
         r = self.radius
         for row in reversed(range(self.height)):
             for col in reversed(range(self.width)):
-                cdf = self._cdf(row, col)
-                for channel in reversed(range(self.channels)):
-                    value = int(self.canvas[channel, r + row, r + col])
-                    start, end = cdf[channel, value], cdf[channel, value + 1]
-                    rans.push(message, [start], [end - start], PRECISION, self._lane(row, col, channel, message.lanes))
+                values = self.canvas[:, :, r + row, r + col].astype(np.int64)
+                _push(message, self._cdf(row, col), values)
 
     def pop(self, message: rans.Message) -> torch.Tensor:
         r = self.radius
         for row in range(self.height):
             for col in range(self.width):
-                cdf = self._cdf(row, col)
-                for channel in range(self.channels):
-                    lookup = rans.categorical_lookup(cdf[channel : channel + 1])
-                    lanes = self._lane(row, col, channel, message.lanes)
-                    self.canvas[channel, r + row, r + col] = rans.pop(message, lookup, PRECISION, lanes)[0]
-        return torch.as_tensor(self.canvas[:, r : r + self.height, r : r + self.width], dtype=torch.float32)
+                self.canvas[:, :, r + row, r + col] = _pop(message, self._cdf(row, col))
+        return torch.as_tensor(self.canvas[:, :, r : r + self.height, r : r + self.width], dtype=torch.float32)

@@ -36,7 +36,7 @@ from vaekit.codec.rans import CodecError
 from vaekit.models import LatentVariableModel
 
 MAGIC = b"VAEKITZ\0"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: items in interleaved chains, one per lane
 HASH_BYTES = 16  # half a SHA-256: collisions stay out of reach, and 48 bytes fewer per file
 _FIXED = struct.Struct("<8sHHB")  # magic, version, lanes, latent bits
 
