@@ -8,6 +8,8 @@ levels (as floats) for the discretised likelihood, {0, 1} for Bernoulli, standar
 Variants of the basic VAE: the VampPrior (a mixture prior over K learned pseudo-inputs) and the
 conditional VAE (labels as input to encoder and decoder); the IWAE bound is a training objective of
 any model. The hierarchical VAE lives in `hierarchical.py`; `build` makes whichever a config names.
+Any image model may add a pixel context (`context`): its likelihood also sees each pixel's earlier
+neighbours (`dist.PixelContext`).
 """
 
 from __future__ import annotations

@@ -59,6 +59,18 @@ def quantized_cdf(probs: np.ndarray, precision: int = PRECISION) -> np.ndarray:
     return np.concatenate([np.zeros((*freqs.shape[:-1], 1), np.int64), np.cumsum(freqs, -1)], -1)
 
 
+def _tables(probs_of, rows: int, alphabet: int) -> np.ndarray:
+    """quantized_cdf of `rows` rows of probabilities, built a block of rows at a time (`probs_of(block)`
+    gives the block's probabilities) so that the temporaries stay in cache: a step's tables for 64
+    chains would otherwise take hundreds of megabytes per pass."""
+    out = np.empty((rows, alphabet + 1), np.int64)
+    per_block = max(1, (1 << 18) // alphabet)
+    for start in range(0, rows, per_block):
+        block = slice(start, start + per_block)
+        out[block] = quantized_cdf(np.asarray(probs_of(block)))
+    return out
+
+
 def _snap(t: torch.Tensor) -> torch.Tensor:
     return torch.round(t.double() / SNAP) * SNAP
 
@@ -122,27 +134,34 @@ class BitsBackCodec:
             step = 1 << (PRECISION - self.latent_bits)
             row = np.arange((1 << self.latent_bits) + 1, dtype=np.int64) * step
             return np.broadcast_to(row, (chains, size, len(row)))
-        mean, std = _snap(gaussian.mean), torch.exp(0.5 * _snap(gaussian.logvar))
-        mass = torch.special.ndtr((self.edges - mean[..., None]) / std[..., None]).diff(dim=-1)
-        return quantized_cdf(mass.clamp_min(0).numpy())
+        mean, std = _snap(gaussian.mean).flatten(), torch.exp(0.5 * _snap(gaussian.logvar)).flatten()
+
+        def mass(block):
+            return torch.special.ndtr((self.edges - mean[block, None]) / std[block, None]).diff(dim=-1).clamp_min(0)
+
+        return _tables(mass, len(mean), len(self.centres)).reshape(chains, size, -1)
 
     def _centres(self, buckets: np.ndarray) -> torch.Tensor:
         return self.centres[torch.as_tensor(buckets)].float()
 
     def _likelihood_cdf(self, likelihood) -> np.ndarray:
+        """Tables (chains, values per item, alphabet + 1)."""
         if isinstance(likelihood, Bernoulli):
-            p_one = torch.sigmoid(_snap(likelihood.logits).flatten(1))
-            probs = torch.stack([1 - p_one, p_one], -1)
-        elif isinstance(likelihood, DiscretizedLogistic):
-            loc, log_scale = _snap(likelihood.loc).flatten(1), _snap(likelihood.log_scale).flatten(1)
-            levels = self.alphabet
-            inner = (torch.arange(levels - 1, dtype=torch.float64) + 0.5) / (levels - 1)  # bin edges
-            cdf = torch.sigmoid((inner - loc[..., None]) * torch.exp(-log_scale)[..., None])
-            zeros = torch.zeros(*loc.shape, 1, dtype=torch.float64)
-            probs = torch.cat([zeros, cdf, zeros + 1], -1).diff(dim=-1)
-        else:
+            logits = _snap(likelihood.logits).flatten(1)
+            p_one = torch.sigmoid(logits)
+            return quantized_cdf(torch.stack([1 - p_one, p_one], -1).numpy())
+        if not isinstance(likelihood, DiscretizedLogistic):
             raise CodecError(f"no table for a {type(likelihood).__name__} likelihood")
-        return quantized_cdf(probs.clamp_min(0).numpy())
+        loc, log_scale = _snap(likelihood.loc).flatten(), _snap(likelihood.log_scale).flatten()
+        levels = self.alphabet
+        inner = (torch.arange(levels - 1, dtype=torch.float64) + 0.5) / (levels - 1)  # bin edges
+
+        def probs(block):
+            cdf = torch.sigmoid((inner - loc[block, None]) * torch.exp(-log_scale[block])[:, None])
+            zeros = torch.zeros(len(cdf), 1, dtype=torch.float64)
+            return torch.cat([zeros, cdf, zeros + 1], -1).diff(dim=-1).clamp_min(0)
+
+        return _tables(probs, len(loc), levels).reshape(len(likelihood.loc), -1, levels + 1)
 
     # --- the codec -------------------------------------------------------------------------------------------
     # Layers are numbered bottom (0) to top; the model's `descend` visits them top down. Encoding pops
