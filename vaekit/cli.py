@@ -288,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
         "vaekit compress runs/digits levels.npy -o levels.vkz",
         _compress,
     )
-    p.add_argument("run", help="a run folder written by vaekit train (a one-layer model of discrete data)")
+    p.add_argument("run", help="a run folder written by vaekit train (an unconditional model of discrete data)")
     p.add_argument(
         "input",
         help="an .npy of integers (levels; 0/1 for a Bernoulli model), kept exactly; or an IDX file or image "

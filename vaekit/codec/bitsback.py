@@ -12,6 +12,9 @@ pushes x, then pushes z_1, ..., z_L under p(z_l | z_>l), so that decoding pops t
 Items are coded in `lanes` interleaved chains, one per rANS lane: item i goes to chain i % lanes, and
 each step codes one item of every chain at once, so that the networks see a batch and every push or
 pop is one vectorised call over the chains. A decoder runs the steps in reverse on the same batches.
+The first step is staggered: its items go one at a time, each on its own lane, so that every chain but
+the first pops its first latents from words the earlier items put on the shared tail (bits it gets
+back) rather than from the zeros an empty message lends (bits it does not).
 
 Latents are discretised into 2^latent_bits buckets of equal mass under N(0, 1), so the top prior is
 uniform over buckets and its table exact; a conditional prior's table holds its Gaussian's mass per
@@ -85,12 +88,12 @@ def _one_thread():
         torch.set_num_threads(threads)
 
 
-def _push(message: rans.Message, cdf: np.ndarray, symbols: np.ndarray, scramble: bool = False) -> None:
+def _push(message: rans.Message, cdf: np.ndarray, symbols: np.ndarray, lane: int, scramble: bool = False) -> None:
     """Push symbols (chains, n) under tables (chains, n, alphabet + 1), one position of every chain per
     call. The posterior pops of encoding scramble the lanes first, so that they read bits that look
     uniform (not the last item's latent, which would tie each latent to it); the posterior pushes of
-    decoding scramble after, which undoes it."""
-    lanes, chains = slice(0, len(symbols)), np.arange(len(symbols))
+    decoding scramble after, which undoes it. The chains are the lanes from `lane` on."""
+    lanes, chains = slice(lane, lane + len(symbols)), np.arange(len(symbols))
     for position in range(symbols.shape[1]):
         s = symbols[:, position]
         starts = cdf[chains, position, s]
@@ -99,9 +102,9 @@ def _push(message: rans.Message, cdf: np.ndarray, symbols: np.ndarray, scramble:
             rans.scramble(message, PRECISION, lanes)
 
 
-def _pop(message: rans.Message, cdf: np.ndarray, scramble: bool = False) -> np.ndarray:
+def _pop(message: rans.Message, cdf: np.ndarray, lane: int, scramble: bool = False) -> np.ndarray:
     """The inverse of `_push`: symbols (chains, n) under tables (chains, n, alphabet + 1)."""
-    lanes = slice(0, len(cdf))
+    lanes = slice(lane, lane + len(cdf))
     symbols = np.zeros(cdf.shape[:2], dtype=np.int64)
     for position in reversed(range(cdf.shape[1])):
         if scramble:
@@ -178,40 +181,43 @@ class BitsBackCodec:
         if len(x) and (x.min() < 0 or x.max() >= self.alphabet or (x != x.round()).any()):
             raise CodecError(f"values must be integers in 0..{self.alphabet - 1} for this model")
         with _one_thread():
-            for start in range(0, len(x), self.lanes):
+            for lane, item in enumerate(x[: self.lanes].float()):  # the staggered first step
+                self._encode_step(message, item[None], lane)
+            for start in range(self.lanes, len(x), self.lanes):
                 self._encode_step(message, x[start : start + self.lanes].float())
         return message
 
     @torch.no_grad()
     def decode(self, message: rans.Message, n: int) -> torch.Tensor:
         """Pop n items off a message; the inverse of `encode`, items in their original order."""
-        starts = range(0, n, self.lanes)
+        starts = range(self.lanes, n, self.lanes)
         with _one_thread():
             steps = [self._decode_step(message, min(self.lanes, n - start)) for start in reversed(starts)]
+            steps += [self._decode_step(message, 1, lane) for lane in reversed(range(min(self.lanes, n)))]
         return torch.cat(steps[::-1]) if steps else torch.zeros(0, *self.model.spec.shape)
 
-    def _encode_step(self, message: rans.Message, items: torch.Tensor) -> None:
+    def _encode_step(self, message: rans.Message, items: torch.Tensor, lane: int = 0) -> None:
         chains, sizes, buckets, prior_cdfs = len(items), self.model.layer_sizes, {}, {}
 
         def from_posterior(layer, prior, posterior):
             cdf = self._latent_cdf(posterior, chains, sizes[layer])
-            buckets[layer] = _pop(message, cdf, scramble=True)
+            buckets[layer] = _pop(message, cdf, lane, scramble=True)
             prior_cdfs[layer] = self._latent_cdf(prior, chains, sizes[layer])
             return self._centres(buckets[layer])
 
         likelihood = self.model.descend(from_posterior, items)
         if isinstance(likelihood, PixelContext):
-            _PixelTables(self.model, likelihood, items).push(message)
+            _PixelTables(self.model, likelihood, items).push(message, lane)
         else:
-            _push(message, self._likelihood_cdf(likelihood), items.flatten(1).long().numpy())
+            _push(message, self._likelihood_cdf(likelihood), items.flatten(1).long().numpy(), lane)
         for layer in range(len(sizes)):
-            _push(message, prior_cdfs[layer], buckets[layer])
+            _push(message, prior_cdfs[layer], buckets[layer], lane)
 
-    def _decode_step(self, message: rans.Message, chains: int) -> torch.Tensor:
+    def _decode_step(self, message: rans.Message, chains: int, lane: int = 0) -> torch.Tensor:
         sizes, buckets, posterior_cdfs = self.model.layer_sizes, {}, {}
 
         def from_prior(layer, prior, posterior):
-            buckets[layer] = _pop(message, self._latent_cdf(prior, chains, sizes[layer]))
+            buckets[layer] = _pop(message, self._latent_cdf(prior, chains, sizes[layer]), lane)
             return self._centres(buckets[layer])
 
         def record_posterior(layer, prior, posterior):
@@ -220,13 +226,13 @@ class BitsBackCodec:
 
         likelihood = self.model.descend(from_prior)
         if isinstance(likelihood, PixelContext):
-            items = _PixelTables(self.model, likelihood).pop(message)
+            items = _PixelTables(self.model, likelihood).pop(message, lane)
         else:
-            values = _pop(message, self._likelihood_cdf(likelihood))
+            values = _pop(message, self._likelihood_cdf(likelihood), lane)
             items = torch.as_tensor(values, dtype=torch.float32).view(chains, *self.model.spec.shape)
         self.model.descend(record_posterior, items)
         for layer in range(len(sizes)):
-            _push(message, posterior_cdfs[layer], buckets[layer], scramble=True)
+            _push(message, posterior_cdfs[layer], buckets[layer], lane, scramble=True)
         return items
 
 
@@ -279,16 +285,16 @@ class _PixelTables:
         zeros, ones = np.zeros((*loc.shape, 1)), np.ones((*loc.shape, 1))
         return quantized_cdf(np.diff(np.concatenate([zeros, cdf, ones], -1), axis=-1).clip(0))
 
-    def push(self, message: rans.Message) -> None:
+    def push(self, message: rans.Message, lane: int) -> None:
         r = self.radius
         for row in reversed(range(self.height)):
             for col in reversed(range(self.width)):
                 values = self.canvas[:, :, r + row, r + col].astype(np.int64)
-                _push(message, self._cdf(row, col), values)
+                _push(message, self._cdf(row, col), values, lane)
 
-    def pop(self, message: rans.Message) -> torch.Tensor:
+    def pop(self, message: rans.Message, lane: int) -> torch.Tensor:
         r = self.radius
         for row in range(self.height):
             for col in range(self.width):
-                self.canvas[:, :, r + row, r + col] = _pop(message, self._cdf(row, col))
+                self.canvas[:, :, r + row, r + col] = _pop(message, self._cdf(row, col), lane)
         return torch.as_tensor(self.canvas[:, :, r : r + self.height, r : r + self.width], dtype=torch.float32)
