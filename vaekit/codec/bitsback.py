@@ -258,11 +258,11 @@ class _PixelTables:
         self.taps = np.argwhere(causal.mask.numpy() > 0)  # (taps, 2): kernel rows and columns before the centre
         self.weight = weight[:, :, self.taps[:, 0], self.taps[:, 1]].reshape(self.channels, -1).T  # (C * taps, C)
         # the model's context sees x as the encoder does: scale * x - 1, and zero outside the image
-        self.scale = 2.0 if isinstance(base, Bernoulli) else 2.0 / (model.spec.levels - 1)
         if isinstance(base, Bernoulli):
-            self.params, self.levels = (_snap(base.logits).numpy(),), 0
+            self.params, self.levels, self.scale = (_snap(base.logits).numpy(),), 0, 2.0
         else:
             self.params, self.levels = (_snap(base.loc).numpy(), _snap(base.log_scale).numpy()), base.levels
+            self.scale = 2.0 / (base.levels - 1)
         chains = len(self.params[0])
         padded = (self.channels, self.height + 2 * r, self.width + 2 * r)
         self.canvas, self.inside = np.zeros((chains, *padded)), np.zeros(padded)
