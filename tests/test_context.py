@@ -20,12 +20,14 @@ from vaekit.models import ModelConfig, build
 from vaekit.trainer import evaluate_elbo
 
 
-def random_model(shape, levels, bernoulli, radius, layers=(), seed=0, spread=0.5):
+def random_model(shape, levels, bernoulli, radius, layers=(), seed=0, spread=0.5, hidden=0):
     """A model with random weights everywhere, the zero-initialised context and posterior layers too."""
     torch.manual_seed(seed)
     spec = DataSpec("levels", tuple(shape), levels=levels)
     likelihood = "bernoulli" if bernoulli else None
-    config = ModelConfig.for_data(spec, likelihood, latent_dim=2, hidden=(8,), layers=tuple(layers), context=radius)
+    config = ModelConfig.for_data(
+        spec, likelihood, latent_dim=2, hidden=(8,), layers=tuple(layers), context=radius, context_hidden=hidden
+    )
     model = build(config).eval()
     with torch.no_grad():
         for parameter in model.parameters():
@@ -39,12 +41,13 @@ def all_items(shape, alphabet):
     )
 
 
+@pytest.mark.parametrize("hidden", [0, 5])
 @pytest.mark.parametrize(("shape", "levels", "bernoulli"), [((1, 2, 3), 2, True), ((2, 2, 2), 2, True),
                                                             ((1, 2, 2), 3, False)])  # fmt: skip
-def test_the_likelihood_sums_to_one_over_every_image(shape, levels, bernoulli):
+def test_the_likelihood_sums_to_one_over_every_image(shape, levels, bernoulli, hidden):
     """Only a context that sees earlier pixels alone gives a normalised density: a mask that let a pixel
     see itself or a later one would not sum to one over all images."""
-    model = random_model(shape, levels, bernoulli, radius=2, spread=1.0)
+    model = random_model(shape, levels, bernoulli, radius=2, spread=1.0, hidden=hidden)
     x = all_items(shape, 2 if bernoulli else levels)
     with torch.no_grad():
         z = torch.randn(3, 1, 2)  # three latents, each against every image
@@ -52,8 +55,9 @@ def test_the_likelihood_sums_to_one_over_every_image(shape, levels, bernoulli):
     assert torch.allclose(total, torch.ones(3), atol=1e-5)
 
 
-def test_draws_follow_the_density():
-    model = random_model((1, 2, 2), 2, True, radius=1, spread=1.0)
+@pytest.mark.parametrize("hidden", [0, 5])
+def test_draws_follow_the_density(hidden):
+    model = random_model((1, 2, 2), 2, True, radius=1, spread=1.0, hidden=hidden)
     x = all_items((1, 2, 2), 2)
     z = torch.randn(1, 2)
     with torch.no_grad():
@@ -66,10 +70,13 @@ def test_draws_follow_the_density():
     assert ((observed - expected).abs() <= 5 * stderr + 1e-4).all()
 
 
-def test_a_zero_context_is_the_independent_model():
-    model = random_model((1, 3, 3), 5, False, radius=1)
+@pytest.mark.parametrize("hidden", [0, 5])
+def test_a_zero_context_is_the_independent_model(hidden):
+    model = random_model((1, 3, 3), 5, False, radius=1, hidden=hidden)
     with torch.no_grad():
-        model.causal.weight.zero_()
+        (model.causal.out if hidden else model.causal.weight).zero_()
+        if hidden:
+            model.causal.out_bias.zero_()
         x = torch.randint(0, 5, (4, 1, 3, 3)).float()
         likelihood = model.decode(torch.randn(4, 2))
         assert torch.allclose(likelihood.log_prob(x), likelihood.base.log_prob(x))
@@ -80,12 +87,21 @@ def test_context_needs_images_and_a_discrete_likelihood():
         ModelConfig.for_data(DataSpec("levels", (6,), levels=3), context=1)
     with pytest.raises(OptionError, match="radius must lie in 0..3"):
         ModelConfig.for_data(DataSpec("levels", (1, 4, 4), levels=3), context=4)
+    with pytest.raises(OptionError, match="need a context radius"):
+        ModelConfig.for_data(DataSpec("levels", (1, 4, 4), levels=3), context_hidden=8)
+    with pytest.raises(OptionError, match="must number 0..64, got 65"):
+        ModelConfig.for_data(DataSpec("levels", (1, 4, 4), levels=3), context=1, context_hidden=65)
 
 
-def test_a_context_model_trains_saves_and_loads(tmp_path, private_cache):
-    run = vaekit.train("digits", tmp_path / "c", context=2, hidden=(32,), latent_dim=4, epochs=6, quiet=True)
+@pytest.mark.parametrize("hidden", [0, 8])
+def test_a_context_model_trains_saves_and_loads(tmp_path, private_cache, hidden):
+    run = vaekit.train(
+        "digits", tmp_path / "c", context=2, context_hidden=hidden, hidden=(32,), latent_dim=4, epochs=6, quiet=True
+    )
     model = vaekit.load(run.run_dir)
-    assert model.config.context == 2 and model.causal.weight.abs().sum() > 0  # the context learned something
+    assert model.config.context == 2 and model.config.context_hidden == hidden
+    last = model.causal.out if hidden else model.causal.weight
+    assert last.abs().sum() > 0  # the context learned something
     test = data.load("digits", "test", spec=model.spec).x[:50].float()
     z = torch.zeros(1, 4)
     with torch.no_grad():
@@ -102,15 +118,17 @@ def test_a_context_model_trains_saves_and_loads(tmp_path, private_cache):
     levels=st.integers(2, 30),
     bernoulli=st.booleans(),
     radius=st.integers(1, 3),
+    hidden=st.sampled_from([0, 3]),
     hierarchical=st.booleans(),
     items=st.integers(0, 4),
     lanes=st.integers(1, 7),
     seed=st.integers(0, 2**31 - 1),
 )
-def test_any_context_model_round_trips(channels, height, width, levels, bernoulli, radius, hierarchical, items,
-                                       lanes, seed):  # fmt: skip
+def test_any_context_model_round_trips(channels, height, width, levels, bernoulli, radius, hidden, hierarchical,
+                                       items, lanes, seed):  # fmt: skip
     shape = (channels, height, width)
-    model = random_model(shape, levels, bernoulli, radius, layers=(2, 1) if hierarchical else (), seed=seed)
+    layers = (2, 1) if hierarchical else ()
+    model = random_model(shape, levels, bernoulli, radius, layers=layers, seed=seed, hidden=hidden)
     top = 2 if bernoulli else levels
     x = torch.randint(0, top, (items, *shape), generator=torch.Generator().manual_seed(seed)).float()
     codec = BitsBackCodec(model, lanes=lanes)
@@ -119,8 +137,11 @@ def test_any_context_model_round_trips(channels, height, width, levels, bernoull
     assert (message.head == rans.LOWER).all() and not message.tail.any()
 
 
-def test_context_code_length_is_the_negative_elbo(tmp_path, private_cache):
-    run = vaekit.train("digits", tmp_path / "c", context=1, hidden=(64,), latent_dim=4, epochs=10, quiet=True)
+@pytest.mark.parametrize("hidden", [0, 8])
+def test_context_code_length_is_the_negative_elbo(tmp_path, private_cache, hidden):
+    run = vaekit.train(
+        "digits", tmp_path / "c", context=1, context_hidden=hidden, hidden=(64,), latent_dim=4, epochs=10, quiet=True
+    )
     model = vaekit.load(run.run_dir)
     x = data.load("digits", "test", spec=model.spec).x.float()
     codec = BitsBackCodec(model, lanes=lanes_for(x.numel()))
@@ -130,10 +151,11 @@ def test_context_code_length_is_the_negative_elbo(tmp_path, private_cache):
     assert 0.95 * neg_elbo_bits < bits < 1.05 * neg_elbo_bits + 64 * codec.lanes
 
 
-def test_context_weights_too_large_to_code_exactly_are_refused():
-    model = random_model((1, 3, 3), 4, False, radius=1)
+@pytest.mark.parametrize("hidden", [0, 3])
+def test_context_weights_too_large_to_code_exactly_are_refused(hidden):
+    model = random_model((1, 3, 3), 4, False, radius=1, hidden=hidden)
     with torch.no_grad():
-        model.causal.weight.fill_(1000.0)
+        (model.causal.out if hidden else model.causal.weight).fill_(1000.0)
     with pytest.raises(rans.CodecError, match="too large to code exactly"):
         BitsBackCodec(model, lanes=1).encode(torch.zeros(1, 1, 3, 3))
     assert np.isfinite(model.causal.masked_weight.sum().item())

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 _LOG_2PI = math.log(2 * math.pi)
+MIN_LOG_SCALE = -7.0  # a discretised logistic's narrowest scale: far below one level's width
 
 
 def _sum_data_dims(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -124,7 +125,7 @@ class DiscretizedLogistic:
     """
 
     def __init__(self, loc: torch.Tensor, log_scale: torch.Tensor, levels: int):
-        self.loc, self.log_scale, self.levels = loc, log_scale.clamp_min(-7.0), levels
+        self.loc, self.log_scale, self.levels = loc, log_scale.clamp_min(MIN_LOG_SCALE), levels
 
     def _log_prob_elementwise(self, x: torch.Tensor) -> torch.Tensor:
         half_bin = 0.5 / (self.levels - 1)
@@ -167,8 +168,9 @@ class DiscretizedLogistic:
 
 
 class PixelContext:
-    """p(x|z) = prod_i p(x_i | z, x_<i): a Bernoulli or discretised logistic whose logit or location at
-    each pixel is shifted by `context(x)`, a function of the pixels before it in raster order only.
+    """p(x|z) = prod_i p(x_i | z, x_<i): a Bernoulli or discretised logistic whose parameters at each
+    pixel are adjusted by `context(x, params)`, a function of the pixels before it in raster order and of
+    the pixel's own parameters (`own_params`) only.
 
     The density of given x needs one pass (every pixel's earlier pixels are known); drawing x, or its
     mean, goes pixel by pixel. Items have shape (..., channels, height, width).
@@ -179,19 +181,18 @@ class PixelContext:
 
     def given(self, x: torch.Tensor) -> Bernoulli | DiscretizedLogistic:
         """Every pixel's own distribution, given the earlier pixels of x."""
-        return _shifted(self.base, self.context(x))
+        return _adjusted(self.base, self.context(x, own_params(self.base)), item_dims=3)
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         return self.given(x).log_prob(x)
 
     def _raster(self, pick) -> torch.Tensor:
-        like = self.base.logits if isinstance(self.base, Bernoulli) else self.base.loc
-        canvas = torch.zeros_like(like)
-        shape = like.shape
-        for row in range(shape[-2]):
-            for col in range(shape[-1]):
-                shift = self.context(canvas)[..., row, col]
-                canvas[..., row, col] = pick(_shifted(_pixel(self.base, row, col), shift))
+        params = own_params(self.base)
+        canvas = torch.zeros_like(params[..., 0, :, :, :])
+        for row in range(canvas.shape[-2]):
+            for col in range(canvas.shape[-1]):
+                adjustment = self.context(canvas, params)[..., row, col]
+                canvas[..., row, col] = pick(_adjusted(_pixel(self.base, row, col), adjustment, item_dims=1))
         return canvas
 
     @property
@@ -203,10 +204,21 @@ class PixelContext:
         return self._raster(lambda pixel: pixel.sample(generator))
 
 
-def _shifted(base: Bernoulli | DiscretizedLogistic, shift: torch.Tensor) -> Bernoulli | DiscretizedLogistic:
+def own_params(base: Bernoulli | DiscretizedLogistic) -> torch.Tensor:
+    """The parameters, (..., n_params, *item): the logits; or the locations and log-scales."""
     if isinstance(base, Bernoulli):
-        return Bernoulli(base.logits + shift)
-    return DiscretizedLogistic(base.loc + shift, base.log_scale, base.levels)
+        return base.logits.unsqueeze(-4)
+    return torch.stack([base.loc, base.log_scale], -4)
+
+
+def _adjusted(base: Bernoulli | DiscretizedLogistic, adjustment: torch.Tensor, item_dims: int):
+    """The distribution with `adjustment` (..., n_params or 1, *item) added to its parameters (to the first
+    alone if it has one row)."""
+    rows = adjustment.unbind(-1 - item_dims)
+    if isinstance(base, Bernoulli):
+        return Bernoulli(base.logits + rows[0])
+    log_scale = base.log_scale + rows[1] if len(rows) > 1 else base.log_scale
+    return DiscretizedLogistic(base.loc + rows[0], log_scale, base.levels)
 
 
 def _pixel(base: Bernoulli | DiscretizedLogistic, row: int, col: int) -> Bernoulli | DiscretizedLogistic:

@@ -44,6 +44,7 @@ ARCHS = ("mlp", "conv")
 PRIORS = ("normal", "vamp")
 _N_PARAMS = {"discretized_logistic": 2, "bernoulli": 1, "gaussian": 2}
 MAX_CONTEXT = 3  # the causal neighbourhood's radius: 24 pixels at 3, and code tables stay exact (see codec)
+MAX_CONTEXT_HIDDEN = 64  # the context's hidden units: up to 64 keep the codec's sums exact
 MAX_WIDTH = 1 << 16  # a layer's size, as read from a file: beyond it a config is corrupt, not ambitious
 ROWS_PER_PASS = 4096  # importance sampling: decoded items per pass (measured faster than 50,000 or 1,000)
 ITEMS_PER_PASS = 128  # ... of this many items, so that their encoding is a small part of a pass
@@ -61,6 +62,7 @@ class ModelConfig:
     classes: int = 0  # > 0: a conditional VAE over this many class labels
     layers: tuple[int, ...] = ()  # a hierarchical VAE: latent sizes of its stochastic layers, bottom to top
     context: int = 0  # > 0: each pixel's likelihood also sees the pixels before it within this radius
+    context_hidden: int = 0  # > 0: ... through a hidden layer of this many units that also sees z's parameters
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -79,7 +81,7 @@ class ModelConfig:
         for key, value in names.items():
             if not isinstance(value, str):
                 raise ValueError(f"{key} must be a name, got {value!r}")
-        defaults = (("latent_dim", 16), ("pseudo_inputs", 500), ("classes", 0), ("context", 0))
+        defaults = (("latent_dim", 16), ("pseudo_inputs", 500), ("classes", 0), ("context", 0), ("context_hidden", 0))
         counts = {key: d.get(key, default) for key, default in defaults}
         for key, value in counts.items():
             if not (is_integer(value) and 0 <= value <= MAX_WIDTH):
@@ -97,7 +99,7 @@ class ModelConfig:
             config = cls.for_data(
                 spec, names["likelihood"], names["arch"], counts["latent_dim"], tuple(sizes["hidden"]),
                 prior=names["prior"], pseudo_inputs=counts["pseudo_inputs"], classes=counts["classes"],
-                layers=tuple(sizes["layers"]), context=counts["context"],
+                layers=tuple(sizes["layers"]), context=counts["context"], context_hidden=counts["context_hidden"],
             )  # fmt: skip
         except OptionError as error:
             raise ValueError(str(error)) from None
@@ -121,6 +123,7 @@ class ModelConfig:
         classes: int = 0,
         layers: tuple[int, ...] = (),
         context: int = 0,
+        context_hidden: int = 0,
     ) -> ModelConfig:
         """The default model for data of this spec: the likelihood fits the data, sizes follow its dimension."""
         likelihood = likelihood or ("gaussian" if spec.kind == "real" else "discretized_logistic")
@@ -144,6 +147,10 @@ class ModelConfig:
             raise OptionError(f"the context radius must lie in 0..{MAX_CONTEXT}, got {context}")
         if context and not (spec.is_image and likelihood in ("bernoulli", "discretized_logistic")):
             raise OptionError("a pixel context needs images and a Bernoulli or discretised likelihood")
+        if not 0 <= context_hidden <= MAX_CONTEXT_HIDDEN:
+            raise OptionError(f"the context's hidden units must number 0..{MAX_CONTEXT_HIDDEN}, got {context_hidden}")
+        if context_hidden and not context:
+            raise OptionError("hidden units for the pixel context need a context radius (--context)")
         d = spec.dim
         if layers:
             if min(layers) < 1:
@@ -159,8 +166,9 @@ class ModelConfig:
         if not hidden or min(hidden) < 1:
             raise OptionError(f"hidden layer sizes must be one or more numbers >= 1, got {list(hidden)}")
         return cls(
-            spec, likelihood, arch, latent_dim, tuple(hidden), prior, pseudo_inputs, classes, tuple(layers), context
-        )
+            spec, likelihood, arch, latent_dim, tuple(hidden), prior, pseudo_inputs, classes, tuple(layers), context,
+            context_hidden,
+        )  # fmt: skip
 
 
 def build(config: ModelConfig) -> LatentVariableModel:
@@ -235,7 +243,10 @@ class LatentVariableModel(nn.Module):
     def _build_context(self) -> None:
         """The pixel context (a masked convolution), for a config that asks for one; call from __init__."""
         if self.config.context:
-            self.causal = blocks.CausalContext(self.spec.shape[0], self.config.context)
+            n_params = _N_PARAMS[self.config.likelihood]
+            self.causal = blocks.CausalContext(
+                self.spec.shape[0], self.config.context, self.config.context_hidden, n_params
+            )
 
     def _likelihood(self, params: torch.Tensor) -> Likelihood:
         """The likelihood from decoder outputs of shape (..., n_params, *shape)."""
@@ -248,7 +259,7 @@ class LatentVariableModel(nn.Module):
         else:
             likelihood = DiscretizedLogistic(parts[0] + 0.5, parts[1] - 1.0, self.spec.levels)
         if self.config.context:
-            return PixelContext(likelihood, lambda x: self.causal(self._encoder_input(x)))
+            return PixelContext(likelihood, lambda x, own: self.causal(self._encoder_input(x), own))
         return likelihood
 
     def _one_hot(self, y: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:

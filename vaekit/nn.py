@@ -101,26 +101,52 @@ class ConvDecoder(nn.Module):
 
 
 class CausalContext(nn.Module):
-    """A convolution over the pixels before each one in raster order (PixelCNN's mask A, Van den Oord et
-    al. 2016): all channels of the earlier pixels within `radius`, none of the pixel's own. Its output
-    shifts each pixel's logit or location; it starts at zero, so a model starts with independent pixels.
+    """A function of the pixels before each one in raster order (PixelCNN's mask A, Van den Oord et al.
+    2016: all channels of the earlier pixels within `radius`, none of the pixel's own) that adjusts each
+    pixel's likelihood parameters. It ends in zeros, so a model starts with independent pixels.
+
+    Linear (`hidden` = 0): a masked convolution shifts each pixel's logit or location. With `hidden` units:
+    a masked convolution to the units plus a 1x1 map of the pixel's own parameters (what z says of it),
+    clipped to [0, MAX_ACTIVATION], then a 1x1 map to adjustments of every parameter (location and scale).
+    Clipping and bounded features keep the codec's arithmetic exact (see `codec.bitsback`).
     """
 
-    def __init__(self, channels: int, radius: int):
+    MAX_ACTIVATION = 255.0
+    FEATURE_BOUND = 128.0  # the pixel's own parameters, as the hidden units see them
+
+    def __init__(self, channels: int, radius: int, hidden: int = 0, n_params: int = 1):
         super().__init__()
         size = 2 * radius + 1
-        self.radius = radius
-        self.weight = nn.Parameter(torch.zeros(channels, channels, size, size))
+        self.radius, self.hidden, self.n_params = radius, hidden, n_params
         mask = torch.ones(size, size)
         mask[radius, radius:] = 0  # the pixel itself and those after it on its row
         mask[radius + 1 :] = 0  # the rows below
         self.register_buffer("mask", mask, persistent=False)
+        if not hidden:
+            self.weight = nn.Parameter(torch.zeros(channels, channels, size, size))
+            return
+        taps = (size * radius + radius) * channels  # the earlier pixels' values the units see
+        self.weight = nn.Parameter(torch.randn(hidden, channels, size, size) / math.sqrt(taps))
+        self.bias = nn.Parameter(torch.zeros(hidden))
+        self.from_params = nn.Parameter(torch.randn(hidden, n_params * channels) / math.sqrt(n_params * channels))
+        self.out = nn.Parameter(torch.zeros(n_params * channels, hidden))
+        self.out_bias = nn.Parameter(torch.zeros(n_params * channels))
 
     @property
     def masked_weight(self) -> torch.Tensor:
         return self.weight * self.mask
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (..., channels, height, width) in the encoder's input scale; the shift, of the same shape."""
-        flat = x.reshape(-1, *x.shape[-3:])
-        return F.conv2d(flat, self.masked_weight, padding=self.radius).view(x.shape)
+    def forward(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        """x: (..., channels, height, width) in the encoder's input scale; params: the likelihood's own
+        (..., n_params, channels, height, width). The adjustments, (..., n_params or 1 if linear, C, H, W),
+        broadcast over both inputs' leading dimensions."""
+        item = x.shape[-3:]
+        seen = F.conv2d(x.reshape(-1, *item), self.masked_weight, padding=self.radius)
+        if not self.hidden:
+            return seen.view(*x.shape[:-3], 1, *item)
+        own = params.clamp(-self.FEATURE_BOUND, self.FEATURE_BOUND).flatten(-4, -3)
+        own = F.conv2d(own.reshape(-1, *own.shape[-3:]), self.from_params[..., None, None], self.bias)
+        units = seen.view(*x.shape[:-3], *seen.shape[1:]) + own.view(*params.shape[:-4], *own.shape[1:])
+        units = units.clamp(0.0, self.MAX_ACTIVATION)
+        out = F.conv2d(units.reshape(-1, *units.shape[-3:]), self.out[..., None, None], self.out_bias)
+        return out.view(*units.shape[:-3], self.n_params, *item)

@@ -33,8 +33,9 @@ import torch
 
 from vaekit.codec import rans
 from vaekit.codec.rans import CodecError
-from vaekit.dist import Bernoulli, DiagonalGaussian, DiscretizedLogistic, PixelContext
+from vaekit.dist import MIN_LOG_SCALE, Bernoulli, DiagonalGaussian, DiscretizedLogistic, PixelContext, own_params
 from vaekit.models import LatentVariableModel
+from vaekit.nn import CausalContext
 
 PRECISION = 24  # bits of every frequency table
 SNAP = 2.0**-16  # network outputs are rounded to this grid before they make a table
@@ -74,8 +75,39 @@ def _tables(probs_of, rows: int, alphabet: int) -> np.ndarray:
     return out
 
 
+# The likelihoods' tables, in NumPy float64 for both coders (the pixel-context coder's shifts live in NumPy).
+# exp overflowing to inf gives the right probability, 0.
+@np.errstate(over="ignore")
+def _bernoulli_probs(logits: np.ndarray) -> np.ndarray:
+    """(..., 2): the probabilities of 0 and 1."""
+    p_one = 1.0 / (1.0 + np.exp(-logits))
+    return np.stack([1.0 - p_one, p_one], -1)
+
+
+@np.errstate(over="ignore")
+def _logistic_probs(loc: np.ndarray, log_scale: np.ndarray, levels: int) -> np.ndarray:
+    """(..., levels): each level's mass under a logistic on [0, 1] whose bins are 1 / (levels - 1) wide,
+    the outer two open to infinity (the discretised logistic of `vaekit.dist`)."""
+    inner = (np.arange(levels - 1) + 0.5) / (levels - 1)  # the bins' edges
+    cdf = 1.0 / (1.0 + np.exp(-(inner - loc[..., None]) * np.exp(-log_scale)[..., None]))
+    zeros, ones = np.zeros((*loc.shape, 1)), np.ones((*loc.shape, 1))
+    return np.diff(np.concatenate([zeros, cdf, ones], -1), axis=-1).clip(0)
+
+
 def _snap(t: torch.Tensor) -> torch.Tensor:
     return torch.round(t.double() / SNAP) * SNAP
+
+
+def _snap_array(a: np.ndarray) -> np.ndarray:
+    return np.round(a / SNAP) * SNAP
+
+
+def _bounded(weight: torch.Tensor, bound: float) -> np.ndarray:
+    """Weights snapped to the grid, refused beyond `bound`, where sums of their products stop being exact."""
+    snapped = _snap(weight.detach()).numpy()
+    if not np.abs(snapped).max(initial=0.0) < bound:
+        raise CodecError("the pixel context's weights are too large to code exactly")
+    return snapped
 
 
 @contextlib.contextmanager
@@ -150,21 +182,15 @@ class BitsBackCodec:
     def _likelihood_cdf(self, likelihood) -> np.ndarray:
         """Tables (chains, values per item, alphabet + 1)."""
         if isinstance(likelihood, Bernoulli):
-            logits = _snap(likelihood.logits).flatten(1)
-            p_one = torch.sigmoid(logits)
-            return quantized_cdf(torch.stack([1 - p_one, p_one], -1).numpy())
+            return quantized_cdf(_bernoulli_probs(_snap(likelihood.logits).flatten(1).numpy()))
         if not isinstance(likelihood, DiscretizedLogistic):
             raise CodecError(f"no table for a {type(likelihood).__name__} likelihood")
-        loc, log_scale = _snap(likelihood.loc).flatten(), _snap(likelihood.log_scale).flatten()
-        levels = self.alphabet
-        inner = (torch.arange(levels - 1, dtype=torch.float64) + 0.5) / (levels - 1)  # bin edges
+        loc, log_scale = _snap(likelihood.loc).flatten().numpy(), _snap(likelihood.log_scale).flatten().numpy()
 
         def probs(block):
-            cdf = torch.sigmoid((inner - loc[block, None]) * torch.exp(-log_scale[block])[:, None])
-            zeros = torch.zeros(len(cdf), 1, dtype=torch.float64)
-            return torch.cat([zeros, cdf, zeros + 1], -1).diff(dim=-1).clamp_min(0)
+            return _logistic_probs(loc[block], log_scale[block], self.alphabet)
 
-        return _tables(probs, len(loc), levels).reshape(len(likelihood.loc), -1, levels + 1)
+        return _tables(probs, len(loc), self.alphabet).reshape(len(likelihood.loc), -1, self.alphabet + 1)
 
     # --- the codec -------------------------------------------------------------------------------------------
     # Layers are numbered bottom (0) to top; the model's `descend` visits them top down. Encoding pops
@@ -241,49 +267,54 @@ class _PixelTables:
 
     The encoder knows every pixel, the decoder only those before the current one, and both must build
     each pixel's table bit for bit alike. So the context's weighted sums are exact: weights snapped to
-    the SNAP grid (and bounded) times integer values add up without rounding in float64, in any order;
-    and each pixel's tables come from the same NumPy calls, on arrays of the same shapes, on both sides.
-    Pixels go in raster order on the way out, so the encoder pushes them in reverse.
+    the SNAP grid (and bounded) times integer values, or times features and activations on the same
+    grid (and bounded), add up without rounding in float64, in any order; and each pixel's tables come
+    from the same NumPy calls, on arrays of the same shapes, on both sides. Pixels go in raster order on
+    the way out, so the encoder pushes them in reverse.
     """
 
     MAX_WEIGHT = 2.0**8  # |weight| / SNAP * value < 2^40, and up to 2^7 of those sum exactly in float64
+    MAX_OUT_WEIGHT = 2.0**4  # |weight| / SNAP * activation / SNAP < 2^44, and up to 2^6 of those sum exactly
 
     def __init__(self, model: LatentVariableModel, likelihood: PixelContext, items: torch.Tensor | None = None):
         causal, base = model.causal, likelihood.base
         self.channels, self.height, self.width = model.spec.shape
-        weight = _snap(causal.masked_weight.detach()).numpy()
-        if not np.abs(weight).max(initial=0.0) < self.MAX_WEIGHT:
-            raise CodecError("the pixel context's weights are too large to code exactly")
         self.radius = r = causal.radius
         self.taps = np.argwhere(causal.mask.numpy() > 0)  # (taps, 2): kernel rows and columns before the centre
-        self.weight = weight[:, :, self.taps[:, 0], self.taps[:, 1]].reshape(self.channels, -1).T  # (C * taps, C)
+        weight = _bounded(causal.masked_weight, self.MAX_WEIGHT)
+        self.weight = weight[:, :, self.taps[:, 0], self.taps[:, 1]].reshape(len(weight), -1).T  # (C * taps, out)
+        self.hidden = causal.hidden
+        if self.hidden:
+            self.from_params = _bounded(causal.from_params, self.MAX_WEIGHT).T  # (n_params * C, hidden)
+            self.bias = _snap(causal.bias.detach()).numpy()
+            self.out = _bounded(causal.out, self.MAX_OUT_WEIGHT).T  # (hidden, n_params * C)
+            self.out_bias = _snap(causal.out_bias.detach()).numpy()
+        self.params = _snap(own_params(base)).numpy()  # (chains, n_params, C, H, W)
         # the model's context sees x as the encoder does: scale * x - 1, and zero outside the image
-        if isinstance(base, Bernoulli):
-            self.params, self.levels, self.scale = (_snap(base.logits).numpy(),), 0, 2.0
-        else:
-            self.params, self.levels = (_snap(base.loc).numpy(), _snap(base.log_scale).numpy()), base.levels
-            self.scale = 2.0 / (base.levels - 1)
-        chains = len(self.params[0])
+        self.levels = base.levels if isinstance(base, DiscretizedLogistic) else 0
+        self.scale = 2.0 / (self.levels - 1) if self.levels else 2.0
         padded = (self.channels, self.height + 2 * r, self.width + 2 * r)
-        self.canvas, self.inside = np.zeros((chains, *padded)), np.zeros(padded)
+        self.canvas, self.inside = np.zeros((len(self.params), *padded)), np.zeros(padded)
         self.inside[:, r : r + self.height, r : r + self.width] = 1.0
         if items is not None:
             self.canvas[:, :, r : r + self.height, r : r + self.width] = items.double().numpy()
 
-    @np.errstate(over="ignore")  # exp overflowing to inf gives the right probability, 0
     def _cdf(self, row: int, col: int) -> np.ndarray:
         """Tables (chains, channels, alphabet + 1) of the pixel at (row, col)."""
         rows, cols = self.taps[:, 0] + row, self.taps[:, 1] + col
         values = self.canvas[:, :, rows, cols].reshape(len(self.canvas), -1)
-        shift = self.scale * (values @ self.weight) - self.inside[:, rows, cols].reshape(-1) @ self.weight
+        seen = self.scale * (values @ self.weight) - self.inside[:, rows, cols].reshape(-1) @ self.weight
+        params = self.params[:, :, :, row, col].copy()  # (chains, n_params, C)
+        if self.hidden:
+            bound = CausalContext.FEATURE_BOUND
+            features = params.reshape(len(params), -1).clip(-bound, bound)
+            units = (seen + (features @ self.from_params + self.bias)).clip(0.0, CausalContext.MAX_ACTIVATION)
+            params += (_snap_array(units) @ self.out + self.out_bias).reshape(params.shape)
+        else:
+            params[:, 0] += seen
         if not self.levels:
-            p_one = 1.0 / (1.0 + np.exp(-(self.params[0][:, :, row, col] + shift)))
-            return quantized_cdf(np.stack([1.0 - p_one, p_one], -1))
-        loc, log_scale = self.params[0][:, :, row, col] + shift, self.params[1][:, :, row, col]
-        inner = (np.arange(self.levels - 1) + 0.5) / (self.levels - 1)
-        cdf = 1.0 / (1.0 + np.exp(-(inner - loc[..., None]) * np.exp(-log_scale)[..., None]))
-        zeros, ones = np.zeros((*loc.shape, 1)), np.ones((*loc.shape, 1))
-        return quantized_cdf(np.diff(np.concatenate([zeros, cdf, ones], -1), axis=-1).clip(0))
+            return quantized_cdf(_bernoulli_probs(params[:, 0]))
+        return quantized_cdf(_logistic_probs(params[:, 0], params[:, 1].clip(MIN_LOG_SCALE), self.levels))
 
     def push(self, message: rans.Message, lane: int) -> None:
         r = self.radius
