@@ -62,7 +62,7 @@ class ModelConfig:
     classes: int = 0  # > 0: a conditional VAE over this many class labels
     layers: tuple[int, ...] = ()  # a hierarchical VAE: latent sizes of its stochastic layers, bottom to top
     context: int = 0  # > 0: each pixel's likelihood also sees the pixels before it within this radius
-    context_hidden: int = 0  # > 0: ... through a hidden layer of this many units that also sees z's parameters
+    context_hidden: int = 0  # > 0: the context goes through this many hidden units, which also see z's parameters
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
