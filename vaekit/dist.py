@@ -66,9 +66,19 @@ class GaussianMixture:
         self.means, self.logvars = means, logvars
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
-        """log (1/K) sum_k N(z; mean_k, var_k), for z of shape (..., dim), by logsumexp over the components."""
-        per_component = DiagonalGaussian(self.means, self.logvars).log_prob(z.unsqueeze(-2))  # (..., K)
-        return torch.logsumexp(per_component, -1) - math.log(len(self.means))
+        """log (1/K) sum_k N(z; mean_k, var_k), for z of shape (..., dim), by logsumexp over the components.
+
+        Each component's squared distance sum_d (z_d - mean_kd)^2 / var_kd is expanded into two matmuls
+        (a (..., K, dim) tensor would cost K times the memory of z), in float64 against the expansion's
+        cancellation, outside any autocast."""
+        with torch.autocast(z.device.type, enabled=False):
+            precision = torch.exp(-self.logvars.double())  # (K, dim)
+            means, points = self.means.double(), z.double()
+            constant = (means**2 * precision).sum(-1) + self.logvars.double().sum(-1) + z.shape[-1] * _LOG_2PI
+            distance = points**2 @ precision.T - 2.0 * points @ (means * precision).T
+            per_component = -0.5 * (distance + constant)  # (..., K)
+            result = torch.logsumexp(per_component, -1) - math.log(len(self.means))
+        return result.to(z.dtype)
 
     def rsample(self, n: int | None = None, temperature: float = 1.0, generator=None) -> torch.Tensor:
         """Draws: a uniformly chosen component each, its stddev scaled by `temperature`."""
