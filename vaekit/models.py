@@ -241,7 +241,8 @@ class LatentVariableModel(nn.Module):
         return x
 
     def _build_context(self) -> None:
-        """The pixel context (a masked convolution), for a config that asks for one; call from __init__."""
+        """The pixel context (a masked convolution, through hidden units if asked), for a config that asks for one;
+        call from __init__."""
         if self.config.context:
             n_params = _N_PARAMS[self.config.likelihood]
             self.causal = blocks.CausalContext(
