@@ -5,6 +5,7 @@ Every model trains on the same dynamically binarised training images (vaekit's f
 its test NLL is estimated by vaekit's importance sampler (k samples per image, all test images, one
 fixed binarisation, seed 0). Models run one after another, never side by side, and each result is
 saved as soon as it exists, so a long table can be built over several sittings (`--models` picks).
+vaekit's learning curves (metrics.csv) are kept beside the results, in a `-curves` folder.
 
     pip install -c constraints.txt -e ".[bench]"
     python benchmarks/likelihood_table.py --data fashion-mnist --budget 30m --k 5000
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -121,6 +123,11 @@ def main() -> None:
             continue
         with tempfile.TemporaryDirectory() as tmp:
             row = measure(name, args.data, budget, args.k, Path(tmp))
+            curve = Path(tmp) / name / "metrics.csv"  # vaekit's runs: was it still improving at the end?
+            if curve.exists():
+                curves = path.with_name(path.stem + "-curves")
+                curves.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(curve, curves / f"{name}.csv")
         row.update(date=time.strftime("%Y-%m-%d"), cpu=cpu_name(), k=args.k, budget=args.budget)
         results.setdefault("models", {})[name] = row
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -100,10 +100,29 @@ def test_cli_compresses_an_idx_file_and_an_image_folder_as_the_run_reads_them(tm
     run = vaekit.train(str(tmp_path / "images-idx3-ubyte.gz"), tmp_path / "run", epochs=1, hidden=(16,),
                        latent_dim=2, quiet=True)  # fmt: skip
     assert run.model.spec.levels == 256  # 8-bit files: every byte value is a level, so the round trip is exact
-    for source, expected in ((tmp_path / "images-idx3-ubyte.gz", images), (folder, images[:6])):
-        packed, back = tmp_path / "x.vkz", tmp_path / "back.npy"
-        assert main(["compress", str(run.run_dir), str(source), "-o", str(packed)]) == 0
-        assert main(["decompress", str(run.run_dir), str(packed), "-o", str(back)]) == 0
-        restored = np.load(back)
-        assert restored.dtype == np.uint8 and restored.shape == (len(expected), 1, 8, 8)  # as vaekit reads them
-        assert np.array_equal(restored[:, 0], expected)
+    packed, back = tmp_path / "x.vkz", tmp_path / "back.npy"
+    assert main(["compress", str(run.run_dir), str(folder), "-o", str(packed)]) == 0
+    assert main(["decompress", str(run.run_dir), str(packed), "-o", str(back)]) == 0
+    restored = np.load(back)
+    assert restored.dtype == np.uint8 and restored.shape == (6, 1, 8, 8)  # as vaekit reads a folder
+    assert np.array_equal(restored[:, 0], images[:6])
+    # an IDX file keeps its own shape and dtype: decompressing to IDX gives back the same bytes
+    raw = tmp_path / "raw-idx3-ubyte"
+    idx.write_idx(raw, images)
+    assert main(["compress", str(run.run_dir), str(tmp_path / "images-idx3-ubyte.gz"), "-o", str(packed)]) == 0
+    assert main(["decompress", str(run.run_dir), str(packed), "-o", str(tmp_path / "back-idx3-ubyte")]) == 0
+    assert (tmp_path / "back-idx3-ubyte").read_bytes() == raw.read_bytes()
+    assert main(["decompress", str(run.run_dir), str(packed), "-o", str(back)]) == 0
+    assert np.load(back).shape == images.shape
+
+
+def test_cli_refuses_idx_output_for_a_dtype_idx_cannot_hold(tiny_run, levels, tmp_path, capsys):
+    from vaekit.cli import main
+
+    source, packed = tmp_path / "levels.npy", tmp_path / "levels.vkz"
+    np.save(source, levels.astype(np.int64))
+    assert main(["compress", str(tiny_run.run_dir), str(source), "-o", str(packed)]) == 0
+    assert main(["decompress", str(tiny_run.run_dir), str(packed), "-o", str(tmp_path / "y.idx")]) == 1
+    assert "y.idx: IDX files hold" in capsys.readouterr().err and not (tmp_path / "y.idx").exists()
+    assert main(["decompress", str(tiny_run.run_dir), str(packed), "-o", str(tmp_path / "y.txt")]) == 1
+    assert "y.txt: output must end in .npy or be an IDX file" in capsys.readouterr().err

@@ -16,6 +16,7 @@ from vaekit import data as vdata
 from vaekit import distributed, latent, report
 from vaekit import io as model_io
 from vaekit._atomic import atomic_path, write_text
+from vaekit.data import idx
 from vaekit.data.arrays import read_array
 from vaekit.errors import OptionError, VaekitError
 from vaekit.evaluate import encode_means, evaluate
@@ -306,12 +307,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(
         "decompress",
         "Restore data compressed by vaekit compress, with the same model.",
-        "vaekit decompress runs/digits levels.vkz -o levels.npy",
+        "vaekit decompress runs/digits levels.vkz -o levels.npy  (or -o images-idx3-ubyte)",
         _decompress,
     )
     p.add_argument("run", help="the run folder the data were compressed with")
     p.add_argument("input", help="a .vkz file written by vaekit compress")
-    p.add_argument("-o", "--output", required=True, help="an .npy with the original's shape and dtype")
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="an .npy with the original's shape and dtype, or an IDX file (a name with idx and ubyte, or .idx)",
+    )
     return parser
 
 
@@ -524,10 +530,7 @@ def _compress(args) -> None:
 
     _check_suffix(args.output, (".vkz",))
     model = vaekit.load(args.run)
-    if Path(args.input).suffix.lower() == ".npy":
-        items = np.asarray(read_array(Path(args.input))[0])  # exactly as stored: shape and dtype
-    else:
-        items = vdata.load(args.input, "all", spec=model.spec).x.numpy()
+    items = _items_to_compress(Path(args.input), model)
     try:
         blob = container.compress(model, items)
     except VaekitError as error:
@@ -537,10 +540,25 @@ def _compress(args) -> None:
     print(f"wrote {args.output}: {len(blob):,} bytes, {8 * len(blob) / max(1, items.size):.4f} bits per value")
 
 
+def _items_to_compress(path: Path, model: LatentVariableModel) -> np.ndarray:
+    """The values the model codes, in the input's own shape and dtype where the run reads them unchanged (an
+    .npy of integers; an IDX file of 8-bit levels), so that decompressing can give back the same file."""
+    if path.suffix.lower() == ".npy":
+        return np.asarray(read_array(path)[0])  # exactly as stored: shape and dtype
+    items = vdata.load(str(path), "all", spec=model.spec).x.numpy()
+    if idx.is_idx_file(path):
+        raw = idx.read_idx(path)
+        if raw.size == items.size and np.array_equal(raw.reshape(items.shape), items):
+            return raw
+    return items
+
+
 def _decompress(args) -> None:
     from vaekit.codec import container
 
-    _check_suffix(args.output, (".npy",))
+    to_idx = idx.is_idx_file(args.output)
+    if not to_idx and Path(args.output).suffix.lower() != ".npy":
+        raise OptionError(f"{args.output}: output must end in .npy or be an IDX file (images-idx3-ubyte, x.idx)")
     model = vaekit.load(args.run)
     try:
         blob = Path(args.input).read_bytes()
@@ -550,8 +568,14 @@ def _decompress(args) -> None:
         items = container.decompress(model, blob)
     except VaekitError as error:
         raise type(error)(f"{args.input}: {error}") from None
-    with atomic_path(args.output) as tmp:
-        np.save(tmp, items)
+    if to_idx:
+        if items.dtype.newbyteorder("=") not in idx.IDX_DTYPES:
+            raise OptionError(f"{args.output}: IDX files hold {', '.join(map(str, idx.IDX_DTYPES))}, not "
+                              f"{items.dtype}; write .npy instead")  # fmt: skip
+        idx.write_idx(args.output, items)
+    else:
+        with atomic_path(args.output) as tmp:
+            np.save(tmp, items)
     print(f"wrote {args.output}: {items.shape} {items.dtype}")
 
 

@@ -160,6 +160,8 @@ class BitsBackCodec:
         self.edges = torch.special.ndtri(torch.arange(buckets + 1, dtype=torch.float64) / buckets)  # -inf .. inf
         self.centres = torch.special.ndtri((torch.arange(buckets, dtype=torch.float64) + 0.5) / buckets)
         self.alphabet = 2 if model.config.likelihood == "bernoulli" else model.spec.levels
+        causal = getattr(model, "causal", None)
+        self.context = None if causal is None else _ContextWeights(causal)
 
     # --- tables, one row per chain ---------------------------------------------------------------------------
     def _latent_cdf(self, gaussian: DiagonalGaussian | None, chains: int, size: int) -> np.ndarray:
@@ -233,7 +235,7 @@ class BitsBackCodec:
 
         likelihood = self.model.descend(from_posterior, items)
         if isinstance(likelihood, PixelContext):
-            _PixelTables(self.model, likelihood, items).push(message, lane)
+            _PixelTables(self.context, likelihood, items).push(message, lane)
         else:
             _push(message, self._likelihood_cdf(likelihood), items.flatten(1).long().numpy(), lane)
         for layer in range(len(sizes)):
@@ -252,7 +254,7 @@ class BitsBackCodec:
 
         likelihood = self.model.descend(from_prior)
         if isinstance(likelihood, PixelContext):
-            items = _PixelTables(self.model, likelihood).pop(message, lane)
+            items = _PixelTables(self.context, likelihood).pop(message, lane)
         else:
             values = _pop(message, self._likelihood_cdf(likelihood), lane)
             items = torch.as_tensor(values, dtype=torch.float32).view(chains, *self.model.spec.shape)
@@ -262,24 +264,21 @@ class BitsBackCodec:
         return items
 
 
-class _PixelTables:
-    """A step's items, coded pixel by pixel under a likelihood with a pixel context.
+class _ContextWeights:
+    """A pixel context's weights as the codec uses them: snapped to the SNAP grid, bounded, laid out for
+    one pixel's sums. Built once per codec, as the weights do not change while it codes.
 
     The encoder knows every pixel, the decoder only those before the current one, and both must build
     each pixel's table bit for bit alike. So the context's weighted sums are exact: weights snapped to
-    the SNAP grid (and bounded) times integer values, or times features and activations on the same
-    grid (and bounded), add up without rounding in float64, in any order; and each pixel's tables come
-    from the same NumPy calls, on arrays of the same shapes, on both sides. Pixels go in raster order on
-    the way out, so the encoder pushes them in reverse.
+    the grid (and bounded) times integer values, or times features and activations on the same grid
+    (and bounded), add up without rounding in float64, in any order.
     """
 
     MAX_WEIGHT = 2.0**8  # |weight| / SNAP * value < 2^40, and up to 2^7 of those sum exactly in float64
     MAX_OUT_WEIGHT = 2.0**4  # |weight| / SNAP * activation / SNAP < 2^44, and up to 2^6 of those sum exactly
 
-    def __init__(self, model: LatentVariableModel, likelihood: PixelContext, items: torch.Tensor | None = None):
-        causal, base = model.causal, likelihood.base
-        self.channels, self.height, self.width = model.spec.shape
-        self.radius = r = causal.radius
+    def __init__(self, causal: CausalContext):
+        self.radius = causal.radius
         self.taps = np.argwhere(causal.mask.numpy() > 0)  # (taps, 2): kernel rows and columns before the centre
         weight = _bounded(causal.masked_weight, self.MAX_WEIGHT)
         self.weight = weight[:, :, self.taps[:, 0], self.taps[:, 1]].reshape(len(weight), -1).T  # (C * taps, out)
@@ -289,10 +288,23 @@ class _PixelTables:
             self.bias = _snap(causal.bias.detach()).numpy()
             self.out = _bounded(causal.out, self.MAX_OUT_WEIGHT).T  # (hidden, n_params * C)
             self.out_bias = _snap(causal.out_bias.detach()).numpy()
+
+
+class _PixelTables:
+    """A step's items, coded pixel by pixel under a likelihood with a pixel context (see `_ContextWeights`
+    for why both sides build the same tables). Each pixel's tables come from the same NumPy calls, on
+    arrays of the same shapes, on both sides. Pixels go in raster order on the way out, so the encoder
+    pushes them in reverse.
+    """
+
+    def __init__(self, weights: _ContextWeights, likelihood: PixelContext, items: torch.Tensor | None = None):
+        base, self.w = likelihood.base, weights
         self.params = _snap(own_params(base)).numpy()  # (chains, n_params, C, H, W)
+        self.channels, self.height, self.width = self.params.shape[2:]
         # the model's context sees x as the encoder does: scale * x - 1, and zero outside the image
         self.levels = base.levels if isinstance(base, DiscretizedLogistic) else 0
         self.scale = 2.0 / (self.levels - 1) if self.levels else 2.0
+        r = weights.radius
         padded = (self.channels, self.height + 2 * r, self.width + 2 * r)
         self.canvas, self.inside = np.zeros((len(self.params), *padded)), np.zeros(padded)
         self.inside[:, r : r + self.height, r : r + self.width] = 1.0
@@ -301,15 +313,16 @@ class _PixelTables:
 
     def _cdf(self, row: int, col: int) -> np.ndarray:
         """Tables (chains, channels, alphabet + 1) of the pixel at (row, col)."""
-        rows, cols = self.taps[:, 0] + row, self.taps[:, 1] + col
+        w = self.w
+        rows, cols = w.taps[:, 0] + row, w.taps[:, 1] + col
         values = self.canvas[:, :, rows, cols].reshape(len(self.canvas), -1)
-        seen = self.scale * (values @ self.weight) - self.inside[:, rows, cols].reshape(-1) @ self.weight
+        seen = self.scale * (values @ w.weight) - self.inside[:, rows, cols].reshape(-1) @ w.weight
         params = self.params[:, :, :, row, col].copy()  # (chains, n_params, C)
-        if self.hidden:
+        if w.hidden:
             bound = CausalContext.FEATURE_BOUND
             features = params.reshape(len(params), -1).clip(-bound, bound)
-            units = (seen + (features @ self.from_params + self.bias)).clip(0.0, CausalContext.MAX_ACTIVATION)
-            params += (_snap_array(units) @ self.out + self.out_bias).reshape(params.shape)
+            units = (seen + (features @ w.from_params + w.bias)).clip(0.0, CausalContext.MAX_ACTIVATION)
+            params += (_snap_array(units) @ w.out + w.out_bias).reshape(params.shape)
         else:
             params[:, 0] += seen
         if not self.levels:
@@ -317,14 +330,14 @@ class _PixelTables:
         return quantized_cdf(_logistic_probs(params[:, 0], params[:, 1].clip(MIN_LOG_SCALE), self.levels))
 
     def push(self, message: rans.Message, lane: int) -> None:
-        r = self.radius
+        r = self.w.radius
         for row in reversed(range(self.height)):
             for col in reversed(range(self.width)):
                 values = self.canvas[:, :, r + row, r + col].astype(np.int64)
                 _push(message, self._cdf(row, col), values, lane)
 
     def pop(self, message: rans.Message, lane: int) -> torch.Tensor:
-        r = self.radius
+        r = self.w.radius
         for row in range(self.height):
             for col in range(self.width):
                 self.canvas[:, :, r + row, r + col] = _pop(message, self._cdf(row, col), lane)

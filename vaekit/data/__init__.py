@@ -155,7 +155,7 @@ def _read(source, split, data_dir, download, size, label, spec) -> _Raw:
             return _Raw(*_idx_dir(path, split), source_levels=256)
         x, names = images.read_folder(path, size, channels)
         return _Raw(x, None if names is None else np.asarray(names), source_levels=256)
-    if "idx" in path.name and "ubyte" in path.name:
+    if idx.is_idx_file(path):
         x = idx.read_idx(path)
         return _Raw(x[:, None] if x.ndim == 3 else x, None, source_levels=256 if x.dtype == np.uint8 else None)
     if path.suffix.lower() in (".npy", ".npz", ".csv"):

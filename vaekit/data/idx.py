@@ -15,6 +15,7 @@ from vaekit.data import cache
 from vaekit.errors import DataError
 
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+IDX_DTYPES = tuple(np.dtype(v).newbyteorder("=") for v in _IDX_DTYPES.values())  # what an IDX file can hold
 
 SPLIT_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -27,6 +28,13 @@ DOWNLOAD_URLS = {
     "fashion-mnist": "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
 }
 SYSTEM_DIR = Path("/usr/share/datasets")
+
+
+def is_idx_file(path: str | os.PathLike) -> bool:
+    """Whether a name is that of an IDX file, as the MNIST family names them (train-images-idx3-ubyte[.gz])
+    or by the .idx suffix."""
+    name = Path(path).name.lower().removesuffix(".gz")
+    return ("idx" in name and "ubyte" in name) or name.endswith(".idx")
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
@@ -56,7 +64,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 
 def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
     """Write an array as an IDX file (gzipped when the name ends in .gz)."""
-    codes = {np.dtype(v).newbyteorder("="): k for k, v in _IDX_DTYPES.items()}
+    codes = dict(zip(IDX_DTYPES, _IDX_DTYPES, strict=True))
     array = np.asarray(array)
     code = codes[array.dtype.newbyteorder("=")]
     header = bytes([0, 0, code, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
