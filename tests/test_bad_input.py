@@ -283,6 +283,7 @@ OPTION_CASES = [
         ("train", T, "--pseudo-inputs", "0", r"--pseudo-inputs: must be >= 1, got 0"),
         ("train", T, "--context", "4", r"the context radius must lie in 0\.\.3, got 4"),
         ("train", T, "--context-hidden", "8", r"hidden units for the pixel context need a context radius"),
+        ("train", T, "--mixture", "9", r"a logistic mixture has 1\.\.5 components, got 9"),
         ("train", T, "--heldout", "1.5", r"held-out fraction must lie in \(0, 1\), got 1.5"),
         ("train", T, "--time-budget", "0", r"--time-budget: must be a positive duration"),
         ("train", T, "--time-budget", "soon", r"--time-budget: expected a duration"),

@@ -74,6 +74,21 @@ def test_a_hierarchical_models_code_length_is_its_negative_elbo(tmp_path, privat
     assert torch.equal(codec.decode(received, len(x)), x)
 
 
+def test_a_logistic_mixture_models_code_length_is_its_negative_elbo(tmp_path, private_cache):
+    run = vaekit.train("digits", tmp_path / "m", mixture=3, hidden=(64,), latent_dim=4, epochs=10, quiet=True)
+    model = vaekit.load(run.run_dir)
+    assert model.config.mixture == 3
+    x = data.load("digits", "test", spec=model.spec).x.float()
+    codec = BitsBackCodec(model, lanes=lanes_for(x.numel()))
+    message = codec.encode(x)
+    neg_elbo_bits = (
+        evaluate_elbo(model, x, generator=torch.Generator().manual_seed(0))["neg_elbo"] * len(x) / math.log(2)
+    )
+    assert 0.95 * neg_elbo_bits < message.bits() < 1.05 * neg_elbo_bits + 64 * codec.lanes
+    received = rans.Message.from_bytes(message.to_bytes(), codec.lanes)
+    assert torch.equal(codec.decode(received, len(x)), x)
+
+
 def test_models_without_a_layered_normal_prior_are_refused(tmp_path, private_cache):
     spec = DataSpec("levels", (4,), levels=3)
     for options in ({"prior": "vamp", "pseudo_inputs": 3}, {"classes": 2}):
@@ -99,15 +114,17 @@ def test_values_or_shapes_the_model_cannot_code_are_refused(tiny_run):
     levels=st.integers(2, 40),
     bernoulli=st.booleans(),
     latent=st.integers(1, 5),
+    mixture=st.sampled_from([1, 3]),
     items=st.integers(0, 6),
     lanes=st.integers(1, 9),
     seed=st.integers(0, 2**31 - 1),
 )
-def test_any_model_shape_and_data_round_trip(shape, levels, bernoulli, latent, items, lanes, seed):
+def test_any_model_shape_and_data_round_trip(shape, levels, bernoulli, latent, mixture, items, lanes, seed):
     """Whatever the weights (an untrained model is as good a test as any), decoding returns the data."""
     torch.manual_seed(seed)
     spec = DataSpec("levels", tuple(shape), levels=levels)
-    model = VAE(ModelConfig.for_data(spec, "bernoulli" if bernoulli else None, "mlp", latent, (8,))).eval()
+    likelihood, mixture = ("bernoulli", 1) if bernoulli else (None, mixture)
+    model = VAE(ModelConfig.for_data(spec, likelihood, "mlp", latent, (8,), mixture=mixture)).eval()
     _assert_round_trip(model, shape, levels, bernoulli, items, lanes, seed)
 
 

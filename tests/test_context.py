@@ -20,14 +20,15 @@ from vaekit.models import ModelConfig, build
 from vaekit.trainer import evaluate_elbo
 
 
-def random_model(shape, levels, bernoulli, radius, layers=(), seed=0, spread=0.5, hidden=0):
+def random_model(shape, levels, bernoulli, radius, layers=(), seed=0, spread=0.5, hidden=0, mixture=1):
     """A model with random weights everywhere, the zero-initialised context and posterior layers too."""
     torch.manual_seed(seed)
     spec = DataSpec("levels", tuple(shape), levels=levels)
     likelihood = "bernoulli" if bernoulli else None
     config = ModelConfig.for_data(
-        spec, likelihood, latent_dim=2, hidden=(8,), layers=tuple(layers), context=radius, context_hidden=hidden
-    )
+        spec, likelihood, latent_dim=2, hidden=(8,), layers=tuple(layers), context=radius, context_hidden=hidden,
+        mixture=mixture,
+    )  # fmt: skip
     model = build(config).eval()
     with torch.no_grad():
         for parameter in model.parameters():
@@ -42,12 +43,13 @@ def all_items(shape, alphabet):
 
 
 @pytest.mark.parametrize("hidden", [0, 5])
-@pytest.mark.parametrize(("shape", "levels", "bernoulli"), [((1, 2, 3), 2, True), ((2, 2, 2), 2, True),
-                                                            ((1, 2, 2), 3, False)])  # fmt: skip
-def test_the_likelihood_sums_to_one_over_every_image(shape, levels, bernoulli, hidden):
+@pytest.mark.parametrize(("shape", "levels", "bernoulli", "mixture"), [
+    ((1, 2, 3), 2, True, 1), ((2, 2, 2), 2, True, 1), ((1, 2, 2), 3, False, 1), ((1, 2, 2), 3, False, 2)
+])  # fmt: skip
+def test_the_likelihood_sums_to_one_over_every_image(shape, levels, bernoulli, mixture, hidden):
     """Only a context that sees earlier pixels alone gives a normalised density: a mask that let a pixel
     see itself or a later one would not sum to one over all images."""
-    model = random_model(shape, levels, bernoulli, radius=2, spread=1.0, hidden=hidden)
+    model = random_model(shape, levels, bernoulli, radius=2, spread=1.0, hidden=hidden, mixture=mixture)
     x = all_items(shape, 2 if bernoulli else levels)
     with torch.no_grad():
         z = torch.randn(3, 1, 2)  # three latents, each against every image
@@ -91,6 +93,10 @@ def test_context_needs_images_and_a_discrete_likelihood():
         ModelConfig.for_data(DataSpec("levels", (1, 4, 4), levels=3), context_hidden=8)
     with pytest.raises(OptionError, match="must number 0..64, got 65"):
         ModelConfig.for_data(DataSpec("levels", (1, 4, 4), levels=3), context=1, context_hidden=65)
+    with pytest.raises(OptionError, match="discretised likelihood, not bernoulli"):
+        ModelConfig.for_data(DataSpec("levels", (1, 4, 4), levels=3), "bernoulli", mixture=2)
+    with pytest.raises(OptionError, match="each sum 156 inputs"):  # 4 x (24 + 15): past what codes exactly
+        ModelConfig.for_data(DataSpec("levels", (4, 4, 4), levels=3), context=3, context_hidden=8, mixture=5)
 
 
 @pytest.mark.parametrize("hidden", [0, 8])
@@ -119,16 +125,18 @@ def test_a_context_model_trains_saves_and_loads(tmp_path, private_cache, hidden)
     bernoulli=st.booleans(),
     radius=st.integers(1, 3),
     hidden=st.sampled_from([0, 3]),
+    mixture=st.sampled_from([1, 2]),
     hierarchical=st.booleans(),
     items=st.integers(0, 4),
     lanes=st.integers(1, 7),
     seed=st.integers(0, 2**31 - 1),
 )
-def test_any_context_model_round_trips(channels, height, width, levels, bernoulli, radius, hidden, hierarchical,
-                                       items, lanes, seed):  # fmt: skip
+def test_any_context_model_round_trips(channels, height, width, levels, bernoulli, radius, hidden, mixture,
+                                       hierarchical, items, lanes, seed):  # fmt: skip
     shape = (channels, height, width)
     layers = (2, 1) if hierarchical else ()
-    model = random_model(shape, levels, bernoulli, radius, layers=layers, seed=seed, hidden=hidden)
+    mixture = 1 if bernoulli else mixture
+    model = random_model(shape, levels, bernoulli, radius, layers=layers, seed=seed, hidden=hidden, mixture=mixture)
     top = 2 if bernoulli else levels
     x = torch.randint(0, top, (items, *shape), generator=torch.Generator().manual_seed(seed)).float()
     codec = BitsBackCodec(model, lanes=lanes)

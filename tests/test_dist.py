@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import distributions as D
 
-from vaekit.dist import Bernoulli, DiagonalGaussian, DiscretizedLogistic, Gaussian
+from vaekit.dist import Bernoulli, DiagonalGaussian, DiscretizedLogistic, DiscretizedLogisticMixture, Gaussian
 
 
 def test_gaussian_kl_closed_form_matches_monte_carlo():
@@ -87,3 +87,29 @@ def test_discretized_logistic_samples_follow_its_probabilities():
     assert chi2 < 30  # 8 degrees of freedom: p < 0.001
     mean = dist.mean[0].item()
     assert mean == pytest.approx((torch.arange(9.0) * dist.probs()[0]).sum().item())
+
+
+def test_a_logistic_mixture_is_the_weighted_sum_of_its_components():
+    torch.manual_seed(1)
+    logits, loc, log_scale = torch.randn(4, 3, 5), torch.rand(4, 3, 5), torch.randn(4, 3, 5) - 2
+    mixture = DiscretizedLogisticMixture(logits, loc, log_scale, 17, item_dims=1)  # 4 items of 5 values, 3 components
+    probs = mixture.probs().double()
+    assert torch.allclose(probs.sum(-1), torch.ones(4, 5, dtype=torch.float64), atol=1e-5)
+    x = torch.randint(0, 17, (4, 5)).float()
+    weights = torch.softmax(logits.double(), 1)
+    direct = sum(
+        weights[:, m] * DiscretizedLogistic(loc[:, m], log_scale[:, m], 17)._log_prob_elementwise(x).double().exp()
+        for m in range(3)
+    )
+    assert torch.allclose(mixture.log_prob(x).double(), direct.log().sum(-1), rtol=1e-5)
+    assert torch.allclose(mixture.mean.double(), (torch.arange(17.0, dtype=torch.float64) * probs).sum(-1), rtol=1e-4)
+
+
+def test_logistic_mixture_samples_follow_its_probabilities():
+    n = 20_000
+    logits, loc = torch.tensor([0.0, 1.0]).expand(n, 2), torch.tensor([0.1, 0.8]).expand(n, 2)
+    mixture = DiscretizedLogisticMixture(logits[..., None], loc[..., None], torch.full((n, 2, 1), -2.5), 9, 1)
+    counts = torch.bincount(mixture.sample(torch.Generator().manual_seed(0)).long().flatten(), minlength=9).double()
+    expected = mixture.probs()[0, 0].double() * n
+    chi2 = ((counts - expected) ** 2 / expected.clamp_min(1e-9)).sum()
+    assert chi2 < 30  # 8 degrees of freedom: p < 0.001

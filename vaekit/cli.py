@@ -166,6 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="hidden units through which the pixel context sees them, with z's view of the pixel, 1..64 "
         "(default 0: a linear context)",
     )
+    p.add_argument(
+        "--mixture",
+        type=int,
+        default=1,
+        help="integer levels: a mixture of this many discretised logistics per value, 1..5 (default 1)",
+    )
     p.add_argument("--objective", choices=OBJECTIVES, default="elbo", help="elbo, or iwae (with --k samples)")
     p.add_argument("--k", type=_positive_int, default=defaults.k, help=f"IWAE samples (default {defaults.k})")
     p.add_argument(
@@ -355,7 +361,8 @@ def _train(args: argparse.Namespace) -> None:
         run = vaekit.train(
             args.data, args.out, likelihood=args.likelihood, arch=args.arch, latent_dim=args.latent,
             hidden=args.hidden, prior=args.prior, pseudo_inputs=args.pseudo_inputs, conditional=args.conditional,
-            layers=args.layers, context=args.context, context_hidden=args.context_hidden, objective=args.objective,
+            layers=args.layers, context=args.context, context_hidden=args.context_hidden, mixture=args.mixture,
+            objective=args.objective,
             k=args.k, skip_threshold=args.skip_threshold, on_nan=args.on_nan,
             time_budget=args.time_budget,
             data_dir=args.data_dir, download=args.download, size=args.size, label=args.label,

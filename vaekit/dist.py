@@ -177,6 +177,55 @@ class DiscretizedLogistic:
         return torch.round(continuous * (self.levels - 1)).clamp(0, self.levels - 1)
 
 
+class DiscretizedLogisticMixture:
+    """A mixture of discretised logistics over the same levels (PixelCNN++, Salimans et al. 2017): each
+    value's weights come from `logits` over the components. A pixel at an object's edge, background or
+    foreground, costs less under two modes than under one logistic spread over both.
+
+    Parameters have shape (..., components, *item), `item_dims` being the number of item dimensions.
+    """
+
+    def __init__(self, logits: torch.Tensor, loc: torch.Tensor, log_scale: torch.Tensor, levels: int, item_dims: int):
+        self.logits, self.levels, self.item_dims = logits, levels, item_dims
+        self.components = DiscretizedLogistic(loc, log_scale, levels)
+        self.axis = -1 - item_dims  # the components' dimension
+
+    @property
+    def loc(self) -> torch.Tensor:
+        return self.components.loc
+
+    @property
+    def log_scale(self) -> torch.Tensor:
+        return self.components.log_scale
+
+    @property
+    def weights(self) -> torch.Tensor:
+        return torch.softmax(self.logits, self.axis)
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        per_component = self.components._log_prob_elementwise(x.unsqueeze(self.axis))
+        log_weights = torch.log_softmax(self.logits, self.axis)
+        return _sum_data_dims(torch.logsumexp(log_weights + per_component, self.axis), x)
+
+    def probs(self) -> torch.Tensor:
+        """Probabilities of every level, in a new last dimension."""
+        return (self.weights.unsqueeze(-1) * self.components.probs()).sum(self.axis - 1)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return (self.weights * self.components.mean).sum(self.axis)
+
+    def sample(self, generator=None) -> torch.Tensor:
+        """A component drawn by its weight, then a level from it."""
+        cdf = self.weights.cumsum(self.axis)
+        shape = list(cdf.shape)
+        shape[self.axis] = 1
+        u = torch.rand(shape, device=cdf.device, dtype=cdf.dtype, generator=generator)
+        pick = (u > cdf).sum(self.axis, keepdim=True).clamp_max(cdf.shape[self.axis] - 1)
+        loc, log_scale = (t.gather(self.axis, pick).squeeze(self.axis) for t in (self.loc, self.log_scale))
+        return DiscretizedLogistic(loc, log_scale, self.levels).sample(generator)
+
+
 class PixelContext:
     """p(x|z) = prod_i p(x_i | z, x_<i): a Bernoulli or discretised logistic whose parameters at each
     pixel are adjusted by `context(x, params)`, a function of the pixels before it in raster order and of
@@ -186,10 +235,10 @@ class PixelContext:
     mean, goes pixel by pixel. Items have shape (..., channels, height, width).
     """
 
-    def __init__(self, base: Bernoulli | DiscretizedLogistic, context):
+    def __init__(self, base: Bernoulli | DiscretizedLogistic | DiscretizedLogisticMixture, context):
         self.base, self.context = base, context
 
-    def given(self, x: torch.Tensor) -> Bernoulli | DiscretizedLogistic:
+    def given(self, x: torch.Tensor) -> Bernoulli | DiscretizedLogistic | DiscretizedLogisticMixture:
         """Every pixel's own distribution, given the earlier pixels of x."""
         return _adjusted(self.base, self.context(x, own_params(self.base)), item_dims=3)
 
@@ -214,27 +263,43 @@ class PixelContext:
         return self._raster(lambda pixel: pixel.sample(generator))
 
 
-def own_params(base: Bernoulli | DiscretizedLogistic) -> torch.Tensor:
-    """The parameters, (..., n_params, *item): the logits; or the locations and log-scales."""
+def own_params(base: Bernoulli | DiscretizedLogistic | DiscretizedLogisticMixture) -> torch.Tensor:
+    """The parameters, (..., n_params, *item): the logits; or the locations and log-scales; or, for a
+    mixture, every component's location, then their log-scales, then their weights' logits."""
     if isinstance(base, Bernoulli):
         return base.logits.unsqueeze(-4)
+    if isinstance(base, DiscretizedLogisticMixture):
+        return torch.cat([base.loc, base.log_scale, base.logits], -4)
     return torch.stack([base.loc, base.log_scale], -4)
 
 
-def _adjusted(base: Bernoulli | DiscretizedLogistic, adjustment: torch.Tensor, item_dims: int):
+def _adjusted(base, adjustment: torch.Tensor, item_dims: int):
     """The distribution with `adjustment` (..., n_params or 1, *item) added to its parameters (to the first
-    alone if it has one row)."""
-    rows = adjustment.unbind(-1 - item_dims)
+    alone if it has one row: every component's location, for a mixture)."""
+    axis = -1 - item_dims
+    if isinstance(base, DiscretizedLogisticMixture):
+        if adjustment.shape[axis] == 1:
+            return DiscretizedLogisticMixture(
+                base.logits, base.loc + adjustment, base.log_scale, base.levels, item_dims
+            )
+        d_loc, d_log_scale, d_logits = adjustment.chunk(3, axis)
+        return DiscretizedLogisticMixture(
+            base.logits + d_logits, base.loc + d_loc, base.log_scale + d_log_scale, base.levels, item_dims
+        )
+    rows = adjustment.unbind(axis)
     if isinstance(base, Bernoulli):
         return Bernoulli(base.logits + rows[0])
     log_scale = base.log_scale + rows[1] if len(rows) > 1 else base.log_scale
     return DiscretizedLogistic(base.loc + rows[0], log_scale, base.levels)
 
 
-def _pixel(base: Bernoulli | DiscretizedLogistic, row: int, col: int) -> Bernoulli | DiscretizedLogistic:
+def _pixel(base, row: int, col: int):
     if isinstance(base, Bernoulli):
         return Bernoulli(base.logits[..., row, col])
+    if isinstance(base, DiscretizedLogisticMixture):
+        parts = (t[..., row, col] for t in (base.logits, base.loc, base.log_scale))
+        return DiscretizedLogisticMixture(*parts, base.levels, item_dims=1)
     return DiscretizedLogistic(base.loc[..., row, col], base.log_scale[..., row, col], base.levels)
 
 
-Likelihood = Bernoulli | Gaussian | DiscretizedLogistic | PixelContext
+Likelihood = Bernoulli | Gaussian | DiscretizedLogistic | DiscretizedLogisticMixture | PixelContext

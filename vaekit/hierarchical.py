@@ -25,7 +25,7 @@ from torch import nn
 
 from vaekit.dist import DiagonalGaussian
 from vaekit.errors import OptionError
-from vaekit.models import _N_PARAMS, ELBOResult, LatentVariableModel, LayerChoice, ModelConfig
+from vaekit.models import ELBOResult, LatentVariableModel, LayerChoice, ModelConfig
 
 
 class ResidualCell(nn.Module):
@@ -59,7 +59,7 @@ class HierarchicalVAE(LatentVariableModel):
         self.posteriors = nn.ModuleList(nn.Linear(2 * width, 2 * s) for s in sizes)
         self.merges = nn.ModuleList(nn.Linear(s, width) for s in sizes)
         self.top_down = nn.ModuleList(ResidualCell(width) for _ in sizes)
-        self.out = nn.Linear(width, _N_PARAMS[config.likelihood] * spec.dim)
+        self.out = nn.Linear(width, config.n_params * spec.dim)
         self._build_context()
         for layer in self.posteriors:  # the posterior starts as the prior
             nn.init.zeros_(layer.weight)

@@ -29,6 +29,7 @@ from vaekit.dist import (
     Bernoulli,
     DiagonalGaussian,
     DiscretizedLogistic,
+    DiscretizedLogisticMixture,
     Gaussian,
     GaussianMixture,
     Likelihood,
@@ -45,6 +46,8 @@ PRIORS = ("normal", "vamp")
 _N_PARAMS = {"discretized_logistic": 2, "bernoulli": 1, "gaussian": 2}
 MAX_CONTEXT = 3  # the causal neighbourhood's radius: 24 pixels at 3, and code tables stay exact (see codec)
 MAX_CONTEXT_HIDDEN = 64  # the context's hidden units: up to 64 keep the codec's sums exact
+MAX_CONTEXT_TERMS = 128  # inputs to one hidden unit of the context: up to 2^7 keep the codec's sums exact
+MAX_MIXTURE = 5  # components of a discretised logistic mixture
 MAX_WIDTH = 1 << 16  # a layer's size, as read from a file: beyond it a config is corrupt, not ambitious
 ROWS_PER_PASS = 4096  # importance sampling: decoded items per pass (measured faster than 50,000 or 1,000)
 ITEMS_PER_PASS = 128  # ... of this many items, so that their encoding is a small part of a pass
@@ -63,10 +66,18 @@ class ModelConfig:
     layers: tuple[int, ...] = ()  # a hierarchical VAE: latent sizes of its stochastic layers, bottom to top
     context: int = 0  # > 0: each pixel's likelihood also sees the pixels before it within this radius
     context_hidden: int = 0  # > 0: the context goes through this many hidden units, which also see z's parameters
+    mixture: int = 1  # > 1: a mixture of this many discretised logistics per value
+
+    @property
+    def n_params(self) -> int:
+        """The likelihood's parameters per data value (what the decoder outputs per value)."""
+        return 3 * self.mixture if self.mixture > 1 else _N_PARAMS[self.likelihood]
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["spec"], d["hidden"], d["layers"] = self.spec.to_dict(), list(self.hidden), list(self.layers)
+        if self.mixture == 1:
+            del d["mixture"]  # so that models without one keep their files and fingerprints (see codec.container)
         return d
 
     @classmethod
@@ -81,7 +92,10 @@ class ModelConfig:
         for key, value in names.items():
             if not isinstance(value, str):
                 raise ValueError(f"{key} must be a name, got {value!r}")
-        defaults = (("latent_dim", 16), ("pseudo_inputs", 500), ("classes", 0), ("context", 0), ("context_hidden", 0))
+        defaults = (
+            ("latent_dim", 16), ("pseudo_inputs", 500), ("classes", 0), ("context", 0), ("context_hidden", 0),
+            ("mixture", 1),
+        )  # fmt: skip
         counts = {key: d.get(key, default) for key, default in defaults}
         for key, value in counts.items():
             if not (is_integer(value) and 0 <= value <= MAX_WIDTH):
@@ -100,6 +114,7 @@ class ModelConfig:
                 spec, names["likelihood"], names["arch"], counts["latent_dim"], tuple(sizes["hidden"]),
                 prior=names["prior"], pseudo_inputs=counts["pseudo_inputs"], classes=counts["classes"],
                 layers=tuple(sizes["layers"]), context=counts["context"], context_hidden=counts["context_hidden"],
+                mixture=counts["mixture"],
             )  # fmt: skip
         except OptionError as error:
             raise ValueError(str(error)) from None
@@ -124,6 +139,7 @@ class ModelConfig:
         layers: tuple[int, ...] = (),
         context: int = 0,
         context_hidden: int = 0,
+        mixture: int = 1,
     ) -> ModelConfig:
         """The default model for data of this spec: the likelihood fits the data, sizes follow its dimension."""
         likelihood = likelihood or ("gaussian" if spec.kind == "real" else "discretized_logistic")
@@ -151,6 +167,18 @@ class ModelConfig:
             raise OptionError(f"the context's hidden units must number 0..{MAX_CONTEXT_HIDDEN}, got {context_hidden}")
         if context_hidden and not context:
             raise OptionError("hidden units for the pixel context need a context radius (--context)")
+        if not 1 <= mixture <= MAX_MIXTURE:
+            raise OptionError(f"a logistic mixture has 1..{MAX_MIXTURE} components, got {mixture}")
+        if mixture > 1 and likelihood != "discretized_logistic":
+            raise OptionError(f"a logistic mixture is a discretised likelihood, not {likelihood}")
+        if context_hidden:
+            n_params = 3 * mixture if mixture > 1 else _N_PARAMS[likelihood]
+            terms = spec.shape[0] * (context * (2 * context + 1) + context + n_params)
+            if terms > MAX_CONTEXT_TERMS:
+                raise OptionError(
+                    f"the pixel context's hidden units would each sum {terms} inputs (channels x (earlier pixels + "
+                    f"parameters)); at most {MAX_CONTEXT_TERMS} keep compression exact: a smaller radius or mixture"
+                )
         d = spec.dim
         if layers:
             if min(layers) < 1:
@@ -167,7 +195,7 @@ class ModelConfig:
             raise OptionError(f"hidden layer sizes must be one or more numbers >= 1, got {list(hidden)}")
         return cls(
             spec, likelihood, arch, latent_dim, tuple(hidden), prior, pseudo_inputs, classes, tuple(layers), context,
-            context_hidden,
+            context_hidden, mixture,
         )  # fmt: skip
 
 
@@ -244,16 +272,21 @@ class LatentVariableModel(nn.Module):
         """The pixel context (a masked convolution, through hidden units if asked), for a config that asks for one;
         call from __init__."""
         if self.config.context:
-            n_params = _N_PARAMS[self.config.likelihood]
             self.causal = blocks.CausalContext(
-                self.spec.shape[0], self.config.context, self.config.context_hidden, n_params
+                self.spec.shape[0], self.config.context, self.config.context_hidden, self.config.n_params
             )
 
     def _likelihood(self, params: torch.Tensor) -> Likelihood:
         """The likelihood from decoder outputs of shape (..., n_params, *shape)."""
         # .float(): under bf16 autocast the networks' matmuls run in bf16, the distributions stay in fp32
-        parts = params.float().unbind(-1 - len(self.spec.shape))
-        if self.config.likelihood == "bernoulli":
+        params, axis = params.float(), -1 - len(self.spec.shape)
+        parts = params.unbind(axis)
+        if self.config.mixture > 1:
+            loc, log_scale, logits = params.split(self.config.mixture, axis)
+            likelihood = DiscretizedLogisticMixture(
+                logits, loc + 0.5, log_scale - 1.0, self.spec.levels, item_dims=len(self.spec.shape)
+            )
+        elif self.config.likelihood == "bernoulli":
             likelihood = Bernoulli(parts[0])
         elif self.config.likelihood == "gaussian":
             return Gaussian(parts[0], parts[1].clamp(-9.0, 9.0))
@@ -355,7 +388,7 @@ class VAE(LatentVariableModel):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        spec, n_params, extra = config.spec, _N_PARAMS[config.likelihood], config.classes
+        spec, n_params, extra = config.spec, config.n_params, config.classes
         if config.arch == "conv":
             self.encoder = blocks.ConvEncoder(spec.shape, config.latent_dim, config.hidden, extra=extra)
             self.decoder = blocks.ConvDecoder(spec.shape, config.latent_dim, config.hidden, n_params, extra=extra)

@@ -33,7 +33,15 @@ import torch
 
 from vaekit.codec import rans
 from vaekit.codec.rans import CodecError
-from vaekit.dist import MIN_LOG_SCALE, Bernoulli, DiagonalGaussian, DiscretizedLogistic, PixelContext, own_params
+from vaekit.dist import (
+    MIN_LOG_SCALE,
+    Bernoulli,
+    DiagonalGaussian,
+    DiscretizedLogistic,
+    DiscretizedLogisticMixture,
+    PixelContext,
+    own_params,
+)
 from vaekit.models import LatentVariableModel
 from vaekit.nn import CausalContext
 
@@ -92,6 +100,13 @@ def _logistic_probs(loc: np.ndarray, log_scale: np.ndarray, levels: int) -> np.n
     cdf = 1.0 / (1.0 + np.exp(-(inner - loc[..., None]) * np.exp(-log_scale)[..., None]))
     zeros, ones = np.zeros((*loc.shape, 1)), np.ones((*loc.shape, 1))
     return np.diff(np.concatenate([zeros, cdf, ones], -1), axis=-1).clip(0)
+
+
+def _mixture_probs(logits: np.ndarray, loc: np.ndarray, log_scale: np.ndarray, levels: int) -> np.ndarray:
+    """Each level's mass under a mixture of discretised logistics: parameters (..., components)."""
+    weights = np.exp(logits - logits.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    return (weights[..., None] * _logistic_probs(loc, log_scale, levels)).sum(-2)
 
 
 def _snap(t: torch.Tensor) -> torch.Tensor:
@@ -185,6 +200,18 @@ class BitsBackCodec:
         """Tables (chains, values per item, alphabet + 1)."""
         if isinstance(likelihood, Bernoulli):
             return quantized_cdf(_bernoulli_probs(_snap(likelihood.logits).flatten(1).numpy()))
+        if isinstance(likelihood, DiscretizedLogisticMixture):
+            chains, components = likelihood.logits.shape[:2]
+            # (chains, components, *item) -> (values, components), the values in the items' order
+            logits, loc, log_scale = (
+                _snap(t).movedim(1, -1).reshape(-1, components).numpy()
+                for t in (likelihood.logits, likelihood.loc, likelihood.log_scale)
+            )
+
+            def mixture(block):
+                return _mixture_probs(logits[block], loc[block], log_scale[block], self.alphabet)
+
+            return _tables(mixture, len(loc), self.alphabet).reshape(chains, -1, self.alphabet + 1)
         if not isinstance(likelihood, DiscretizedLogistic):
             raise CodecError(f"no table for a {type(likelihood).__name__} likelihood")
         loc, log_scale = _snap(likelihood.loc).flatten().numpy(), _snap(likelihood.log_scale).flatten().numpy()
@@ -302,7 +329,8 @@ class _PixelTables:
         self.params = _snap(own_params(base)).numpy()  # (chains, n_params, C, H, W)
         self.channels, self.height, self.width = self.params.shape[2:]
         # the model's context sees x as the encoder does: scale * x - 1, and zero outside the image
-        self.levels = base.levels if isinstance(base, DiscretizedLogistic) else 0
+        self.levels = 0 if isinstance(base, Bernoulli) else base.levels
+        self.mixture = isinstance(base, DiscretizedLogisticMixture)
         self.scale = 2.0 / (self.levels - 1) if self.levels else 2.0
         r = weights.radius
         padded = (self.channels, self.height + 2 * r, self.width + 2 * r)
@@ -323,10 +351,13 @@ class _PixelTables:
             features = params.reshape(len(params), -1).clip(-bound, bound)
             units = (seen + (features @ w.from_params + w.bias)).clip(0.0, CausalContext.MAX_ACTIVATION)
             params += (_snap_array(units) @ w.out + w.out_bias).reshape(params.shape)
-        else:
-            params[:, 0] += seen
+        else:  # a linear context shifts the location: every component's, for a mixture
+            params[:, : len(params[0]) // 3 if self.mixture else 1] += seen[:, None]
         if not self.levels:
             return quantized_cdf(_bernoulli_probs(params[:, 0]))
+        if self.mixture:  # (chains, components, C) -> (chains, C, components)
+            loc, log_scale, logits = (part.transpose(0, 2, 1) for part in np.split(params, 3, axis=1))
+            return quantized_cdf(_mixture_probs(logits, loc, log_scale.clip(MIN_LOG_SCALE), self.levels))
         return quantized_cdf(_logistic_probs(params[:, 0], params[:, 1].clip(MIN_LOG_SCALE), self.levels))
 
     def push(self, message: rans.Message, lane: int) -> None:
