@@ -58,16 +58,17 @@ def test_the_likelihood_sums_to_one_over_every_image(shape, levels, bernoulli, m
 
 
 @pytest.mark.parametrize("hidden", [0, 5])
-def test_draws_follow_the_density(hidden):
-    model = random_model((1, 2, 2), 2, True, radius=1, spread=1.0, hidden=hidden)
-    x = all_items((1, 2, 2), 2)
+@pytest.mark.parametrize(("levels", "mixture"), [(2, 1), (3, 2)])
+def test_draws_follow_the_density(hidden, levels, mixture):
+    model = random_model((1, 2, 2), levels, levels == 2, radius=1, spread=1.0, hidden=hidden, mixture=mixture)
+    x = all_items((1, 2, 2), levels)
     z = torch.randn(1, 2)
     with torch.no_grad():
         likelihood = model.decode(z.expand(20000, 2))
         draws = likelihood.sample(generator=torch.Generator().manual_seed(0))
         expected = model.decode(z).log_prob(x).exp()
-    codes = (draws.view(len(draws), -1) * torch.tensor([8.0, 4.0, 2.0, 1.0])).sum(1).long()
-    observed = torch.bincount(codes, minlength=16).double() / len(draws)
+    codes = (draws.view(len(draws), -1) * levels ** torch.arange(3.0, -1.0, -1.0)).sum(1).long()  # as all_items
+    observed = torch.bincount(codes, minlength=levels**4).double() / len(draws)
     stderr = (expected * (1 - expected) / len(draws)).sqrt()
     assert ((observed - expected).abs() <= 5 * stderr + 1e-4).all()
 

@@ -227,8 +227,8 @@ class DiscretizedLogisticMixture:
 
 
 class PixelContext:
-    """p(x|z) = prod_i p(x_i | z, x_<i): a Bernoulli or discretised logistic whose parameters at each
-    pixel are adjusted by `context(x, params)`, a function of the pixels before it in raster order and of
+    """p(x|z) = prod_i p(x_i | z, x_<i): a Bernoulli, discretised logistic or mixture of them whose parameters
+    at each pixel are adjusted by `context(x, params)`, a function of the pixels before it in raster order and of
     the pixel's own parameters (`own_params`) only.
 
     The density of given x needs one pass (every pixel's earlier pixels are known); drawing x, or its
