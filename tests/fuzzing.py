@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 import vaekit
 from vaekit import codec, data
-from vaekit.codec.container import HASH_BYTES, MAGIC
+from vaekit.codec.container import FORMAT_VERSION, HASH_BYTES, MAGIC
 from vaekit.errors import VaekitError
 
 TIME_LIMIT = 2.0  # seconds per input; the seeds decode in milliseconds
@@ -89,7 +89,7 @@ def compressed_files(seed: bytes) -> st.SearchStrategy[bytes]:
         mutated(seed),
         mutated(seed),  # mostly edits of a valid file: they get past the magic
         st.binary(max_size=512),
-        st.binary(max_size=512).map(lambda tail: MAGIC + struct.pack("<HHB", 1, 1, 12) + tail),
+        st.binary(max_size=512).map(lambda tail: MAGIC + struct.pack("<HHB", FORMAT_VERSION, 1, 12) + tail),
     )
 
 

@@ -306,6 +306,7 @@ OPTION_CASES = [
         ("traverse", "{run} -o {tmp}/t.png", "--dims", "-1", r"latent dimension -1 is out of range"),
         ("evaluate", "{run}", "--k", "0", r"--k: must be >= 1, got 0"),
         ("encode", "{run}", "-o", "{tmp}/z.gif", r"z\.gif: output must end in"),
+        ("compress", "{run} {tmp}/x.npy -o {tmp}/x.vkz", "--workers", "0", r"--workers: must be >= 1, got 0"),
     ]
 ]
 

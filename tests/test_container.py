@@ -1,5 +1,7 @@
 """The compressed file: round trips, and every way a file can be wrong gives a clear error."""
 
+import struct
+
 import numpy as np
 import pytest
 
@@ -24,6 +26,49 @@ def blob(model, levels):
     return container.compress(model, levels)
 
 
+@pytest.fixture(scope="module")
+def sharded_blob(model, levels):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(container, "SHARD_VALUES", 256)  # 40 items of 64 values: 8 shards
+        return container.compress(model, levels, workers=2)
+
+
+def test_shards_for_is_a_power_of_two_set_by_the_size_alone():
+    per = container.SHARD_VALUES
+    assert container.shards_for(0, 0) == container.shards_for(10**6, per - 1) == 1
+    assert [container.shards_for(10**6, n * per) for n in (2, 3, 4, 7, 8, 100)] == [2, 2, 4, 4, 8, 8]
+    assert container.shards_for(3, 100 * per) == 2  # never more shards than items
+    assert container.shard_sizes(10, 4) == [3, 3, 2, 2] and container.shard_sizes(0, 1) == [0]
+
+
+def test_shards_give_the_same_bytes_on_any_number_of_threads(model, levels, sharded_blob):
+    assert len(container.read_header(sharded_blob)["shards"]) == 8
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(container, "SHARD_VALUES", 256)
+        for workers in (1, 3):
+            coded = []
+            assert container.compress(model, levels, workers=workers, progress=coded.append) == sharded_blob
+            assert sum(coded) == len(levels)
+    for workers in (1, 3):
+        decoded = []
+        back = container.decompress(model, sharded_blob, workers=workers, progress=decoded.append)
+        assert np.array_equal(back, levels) and sum(decoded) == len(levels)
+    with pytest.raises(CodecError, match="workers must be >= 1, got 0"):
+        container.compress(model, levels, workers=0)
+
+
+def test_shards_that_do_not_add_up_are_refused(model, levels, sharded_blob):
+    body = bytearray(sharded_blob[: -container.HASH_BYTES])
+    count = container._FIXED.size + 1 + len(levels.dtype.str) + 1 + 8 * levels.ndim
+    first_size = count + 2 + 8
+    for at, format, change in [(first_size, "<Q", 1), (count, "<H", 1), (count, "<H", -8)]:
+        edited = body.copy()
+        (value,) = struct.unpack_from(format, edited, at)
+        struct.pack_into(format, edited, at, value + change)
+        with pytest.raises(CodecError, match="shards do not add up"):
+            container.decompress(model, bytes(edited) + container._hash(bytes(edited)))
+
+
 def test_round_trip_keeps_values_shape_and_dtype(model, levels, blob):
     flat = levels.reshape(len(levels), -1).astype(np.int16)
     for items in (levels, flat):
@@ -38,13 +83,17 @@ def test_round_trip_keeps_values_shape_and_dtype(model, levels, blob):
 REFUSED = "not a vaekit compressed file|truncated or corrupt|format version"
 
 
-def test_every_truncation_is_refused(model, blob):
+@pytest.mark.parametrize("name", ["blob", "sharded_blob"])
+def test_every_truncation_is_refused(model, name, request):
+    blob = request.getfixturevalue(name)
     for length in range(len(blob)):
         with pytest.raises(CodecError, match=REFUSED):
             container.decompress(model, blob[:length])
 
 
-def test_every_flipped_byte_is_refused(model, blob):
+@pytest.mark.parametrize("name", ["blob", "sharded_blob"])
+def test_every_flipped_byte_is_refused(model, name, request):
+    blob = request.getfixturevalue(name)
     for position in range(len(blob)):
         corrupt = bytearray(blob)
         corrupt[position] ^= 1 << (position % 8)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 import vaekit
 from vaekit import data as vdata
@@ -309,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
         "folder, read through the run's data spec",
     )
     p.add_argument("-o", "--output", required=True, help="the compressed file (.vkz)")
+    _add_codec_options(p)
 
     p = command(
         "decompress",
@@ -324,7 +326,15 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="an .npy with the original's shape and dtype, or an IDX file (a name with idx and ubyte, or .idx)",
     )
+    _add_codec_options(p)
     return parser
+
+
+def _add_codec_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--workers", type=_positive_int, help="threads coding shards of large data side by side (default: every core)"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _add_data_options(p: argparse.ArgumentParser, default_data: str | None) -> None:
@@ -539,7 +549,8 @@ def _compress(args) -> None:
     model = vaekit.load(args.run)
     items = _items_to_compress(Path(args.input), model)
     try:
-        blob = container.compress(model, items)
+        with _coding_bar(len(items), "compress", args) as bar:
+            blob = container.compress(model, items, workers=args.workers, progress=bar.update)
     except VaekitError as error:
         raise type(error)(f"{args.input}: {error}") from None
     with atomic_path(args.output) as tmp:
@@ -560,6 +571,10 @@ def _items_to_compress(path: Path, model: LatentVariableModel) -> np.ndarray:
     return items
 
 
+def _coding_bar(items: int, desc: str, args) -> tqdm:
+    return tqdm(total=items, unit="item", desc=desc, leave=False, disable=True if args.quiet else None)
+
+
 def _decompress(args) -> None:
     from vaekit.codec import container
 
@@ -572,7 +587,9 @@ def _decompress(args) -> None:
     except OSError as error:
         raise OptionError(f"{args.input}: cannot read ({error.strerror.lower()})") from None
     try:
-        items = container.decompress(model, blob)
+        header = container.read_header(blob)
+        with _coding_bar(header["shape"][0], "decompress", args) as bar:
+            items = container.decompress(model, blob, workers=args.workers, progress=bar.update)
     except VaekitError as error:
         raise type(error)(f"{args.input}: {error}") from None
     if to_idx:

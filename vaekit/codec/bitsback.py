@@ -27,6 +27,8 @@ same machine.
 from __future__ import annotations
 
 import contextlib
+import threading
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -125,14 +127,32 @@ def _bounded(weight: torch.Tensor, bound: float) -> np.ndarray:
     return snapped
 
 
+_threads_lock = threading.Lock()
+_coders = 0  # how many coders run now, in this process's threads
+_threads_before = 1
+
+
 @contextlib.contextmanager
 def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    """torch on one thread while any coder runs: shards coded side by side in threads (see `container`)
+    must not restore the thread count under one another."""
+    global _coders, _threads_before
+    with _threads_lock:
+        if _coders == 0:
+            _threads_before = torch.get_num_threads()
+        _coders += 1
+        torch.set_num_threads(1)  # also in this thread: torch keeps a thread count per OpenMP thread
     try:
         yield
     finally:
-        torch.set_num_threads(threads)
+        with _threads_lock:
+            _coders -= 1
+            if _coders == 0:
+                torch.set_num_threads(_threads_before)
+
+
+def _ignore(items: int) -> None:
+    pass
 
 
 def _push(message: rans.Message, cdf: np.ndarray, symbols: np.ndarray, lane: int, scramble: bool = False) -> None:
@@ -226,8 +246,11 @@ class BitsBackCodec:
     # them top down from the posteriors and pushes them bottom up under the priors, so decoding pops
     # them top down from the priors and, once x is back, pushes them bottom up onto the posteriors.
     @torch.no_grad()
-    def encode(self, x: torch.Tensor, message: rans.Message | None = None) -> rans.Message:
-        """Push items x (n, *shape) in model space (bits or integer levels) onto a message."""
+    def encode(
+        self, x: torch.Tensor, message: rans.Message | None = None, progress: Callable[[int], None] | None = None
+    ) -> rans.Message:
+        """Push items x (n, *shape) in model space (bits or integer levels) onto a message; `progress(n)`
+        hears of every n items coded."""
         message = message or rans.Message(self.lanes)
         if message.lanes != self.lanes:
             raise CodecError(f"a message of {message.lanes} lanes does not fit a codec of {self.lanes}")
@@ -235,20 +258,27 @@ class BitsBackCodec:
             raise CodecError(f"items of shape {tuple(x.shape[1:])} do not fit this model's {self.model.spec.shape}")
         if len(x) and (x.min() < 0 or x.max() >= self.alphabet or (x != x.round()).any()):
             raise CodecError(f"values must be integers in 0..{self.alphabet - 1} for this model")
+        progress = progress or _ignore
         with _one_thread():
             for lane, item in enumerate(x[: self.lanes].float()):  # the staggered first step
                 self._encode_step(message, item[None], lane)
+                progress(1)
             for start in range(self.lanes, len(x), self.lanes):
                 self._encode_step(message, x[start : start + self.lanes].float())
+                progress(len(x[start : start + self.lanes]))
         return message
 
     @torch.no_grad()
-    def decode(self, message: rans.Message, n: int) -> torch.Tensor:
+    def decode(self, message: rans.Message, n: int, progress: Callable[[int], None] | None = None) -> torch.Tensor:
         """Pop n items off a message; the inverse of `encode`, items in their original order."""
-        starts = range(self.lanes, n, self.lanes)
+        progress, steps = progress or _ignore, []
         with _one_thread():
-            steps = [self._decode_step(message, min(self.lanes, n - start)) for start in reversed(starts)]
-            steps += [self._decode_step(message, 1, lane) for lane in reversed(range(min(self.lanes, n)))]
+            for start in reversed(range(self.lanes, n, self.lanes)):
+                steps.append(self._decode_step(message, min(self.lanes, n - start)))
+                progress(len(steps[-1]))
+            for lane in reversed(range(min(self.lanes, n))):
+                steps.append(self._decode_step(message, 1, lane))
+                progress(1)
         return torch.cat(steps[::-1]) if steps else torch.zeros(0, *self.model.spec.shape)
 
     def _encode_step(self, message: rans.Message, items: torch.Tensor, lane: int = 0) -> None:
