@@ -8,8 +8,8 @@ code the same values one byte each, and PNG and WebP (lossless, Pillow) code the
 (1-bit PNG for binary data). The model's own -ELBO on the same data is what bits-back coding should
 reach. Every figure is bits per value (per pixel); the round trip is checked bit for bit.
 
-Speed: vaekit codes on --workers threads (default: every core), and encodes once more on one thread,
-the baseline, which must give the very same bytes.
+Speed: vaekit codes on --workers processes (default: every core), then encodes once more in one
+process on one thread, the baseline, which must give the very same bytes.
 
     python benchmarks/compression.py --data digits
     python benchmarks/compression.py --data fashion-mnist --binarize --run runs/fm-binary
@@ -35,6 +35,7 @@ from PIL import Image
 import vaekit
 from vaekit import data
 from vaekit.codec import container
+from vaekit.codec.parallel import available_cores
 from vaekit.trainer import evaluate_elbo
 
 
@@ -72,7 +73,7 @@ def main() -> None:
     parser.add_argument("--binarize", action="store_true", help="a fixed binarisation (seed 0) and a Bernoulli model")
     parser.add_argument("--run", help="a trained run to code with (default: train one here with the defaults)")
     parser.add_argument("--items", type=int, help="code only the first N test images")
-    parser.add_argument("--workers", type=int, default=container.available_cores(), help="coding threads")
+    parser.add_argument("--workers", type=int, default=available_cores(), help="coding processes")
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args()
 
@@ -137,7 +138,7 @@ def main() -> None:
         f"vaekit is {100 * result['above_neg_elbo']:.2f}% above the model's -ELBO and "
         f"{100 * result['smaller_than_best_classic']:.1f}% smaller than {best_classic}; round trip exact: {exact}; "
         f"encode {result['encode_images_per_s']:.0f} images/s, decode {result['decode_images_per_s']:.0f} images/s "
-        f"on {args.workers} threads ({result['shards']} shards); encode on one thread "
+        f"on {args.workers} processes ({result['shards']} shards); encode on one thread "
         f"{result['encode_images_per_s_one_thread']:.0f} images/s, same bytes: {same_bytes}"
     )
     write_json(args.json, result)

@@ -332,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_codec_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--workers", type=_positive_int, help="threads coding shards of large data side by side (default: every core)"
+        "--workers", type=_positive_int, help="processes coding shards of large data side by side (default: every core)"
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 

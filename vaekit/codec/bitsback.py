@@ -27,7 +27,6 @@ same machine.
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import Callable
 
 import numpy as np
@@ -127,28 +126,14 @@ def _bounded(weight: torch.Tensor, bound: float) -> np.ndarray:
     return snapped
 
 
-_threads_lock = threading.Lock()
-_coders = 0  # how many coders run now, in this process's threads
-_threads_before = 1
-
-
 @contextlib.contextmanager
 def _one_thread():
-    """torch on one thread while any coder runs: shards coded side by side in threads (see `container`)
-    must not restore the thread count under one another."""
-    global _coders, _threads_before
-    with _threads_lock:
-        if _coders == 0:
-            _threads_before = torch.get_num_threads()
-        _coders += 1
-        torch.set_num_threads(1)  # also in this thread: torch keeps a thread count per OpenMP thread
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     try:
         yield
     finally:
-        with _threads_lock:
-            _coders -= 1
-            if _coders == 0:
-                torch.set_num_threads(_threads_before)
+        torch.set_num_threads(threads)
 
 
 def _ignore(items: int) -> None:

@@ -17,9 +17,8 @@ byte of overhead shows in the bits per value.
     checksum      16 bytes  SHA-256 (first half) of everything before it
 
 Large data are cut into shards, consecutive runs of items coded as separate messages (as
-`shard_sizes` cuts them: the count gives their sizes), so that the
-cores of a machine code them side by side (threads: the networks and the tables release Python's
-lock for most of their time). How many shards depends only on the data's size, never on the
+`shard_sizes` cuts them: the count gives their sizes), so that the cores of a machine code them side
+by side, in processes (see `parallel`). How many shards depends only on the data's size, never on the
 machine, so the same input gives the same file anywhere, and any machine decodes it.
 
 The checksum catches a truncated or altered file before any decoding starts; the model fingerprint
@@ -32,16 +31,15 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import struct
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 
 from vaekit.codec import rans
 from vaekit.codec.bitsback import BitsBackCodec, lanes_for
+from vaekit.codec.parallel import map_shards
 from vaekit.codec.rans import CodecError
 from vaekit.models import LatentVariableModel
 
@@ -63,24 +61,6 @@ def shards_for(items: int, values: int) -> int:
 def shard_sizes(items: int, shards: int) -> list[int]:
     """Items per shard, in order: as even as can be, the larger ones first (as `torch.tensor_split` cuts)."""
     return [items // shards + (i < items % shards) for i in range(shards)]
-
-
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def _side_by_side(jobs: list[Callable[[], object]], workers: int | None) -> list:
-    """Each job's result, in order, run on up to `workers` threads (None: every core)."""
-    if workers is not None and workers < 1:
-        raise CodecError(f"workers must be >= 1, got {workers}")
-    workers = workers or available_cores()
-    if workers == 1 or len(jobs) <= 1:
-        return [job() for job in jobs]
-    with ThreadPoolExecutor(min(workers, len(jobs))) as pool:
-        return [future.result() for future in [pool.submit(job) for job in jobs]]
 
 
 def _hash(*parts: bytes) -> bytes:
@@ -110,7 +90,7 @@ def compress(
 ) -> bytes:
     """Items (n, *item shape) of integer symbols the model codes (0/1 for a Bernoulli model, levels
     0..levels-1 for a discretised one) as the bytes of a compressed file. Shards are coded on `workers`
-    threads (default: every core this process may use); `progress(n)` hears of every n items coded."""
+    processes (default: every core this process may use); `progress(n)` hears of every n items coded."""
     items = np.asarray(items)
     if items.dtype.kind not in "iub":
         raise CodecError(f"only integer data can be compressed losslessly, got {items.dtype}")
@@ -121,20 +101,36 @@ def compress(
     x = torch.as_tensor(items.astype(np.float32)).reshape(len(items), *model.spec.shape)
     shards = x.split(shard_sizes(len(items), shards_for(len(items), items.size)))
     codec = BitsBackCodec(model, lanes=lanes_for(shards[0].numel()))
-    jobs = [lambda shard=shard: codec.encode(shard, progress=progress) for shard in shards]
-    messages = _side_by_side(jobs, workers)
-    payloads = [message.to_bytes() for message in messages]
+    coded = map_shards(_encode_shard, codec, [(shard,) for shard in shards], workers, progress)
     dtype = items.dtype.str.encode()
     body = b"".join([
         _FIXED.pack(MAGIC, FORMAT_VERSION, codec.lanes, codec.latent_bits),
         struct.pack("<B", len(dtype)), dtype,
         struct.pack(f"<B{items.ndim}Q", items.ndim, *items.shape),
         struct.pack("<H", len(shards)),
-        *(_SHARD.pack(message.underflow, len(payload)) for message, payload in zip(messages, payloads, strict=True)),
+        *(_SHARD.pack(borrowed, len(payload)) for borrowed, payload in coded),
         model_fingerprint(model), _data_hash(items),
-        *payloads,
+        *(payload for _, payload in coded),
     ])  # fmt: skip
     return body + _hash(body)
+
+
+def _encode_shard(
+    codec: BitsBackCodec, shard: torch.Tensor, progress: Callable[[int], None] | None
+) -> tuple[int, bytes]:
+    """The zero words the shard's first pops borrowed, and its message's bytes."""
+    message = codec.encode(shard, progress=progress)
+    return message.underflow, message.to_bytes()
+
+
+def _decode_shard(
+    codec: BitsBackCodec, n: int, borrowed: int, payload: bytes, progress: Callable[[int], None] | None
+) -> torch.Tensor:
+    message = rans.Message.from_bytes(payload, codec.lanes)
+    x = codec.decode(message, n, progress=progress)
+    if not ((message.head == rans.LOWER).all() and len(message.tail) == borrowed and not message.tail.any()):
+        raise CodecError("decoding did not end where encoding began: the file does not fit this model")
+    return x
 
 
 def read_header(blob: bytes) -> dict:
@@ -183,7 +179,7 @@ def decompress(
     progress: Callable[[int], None] | None = None,
 ) -> np.ndarray:
     """The items a compressed file holds, with their original shape and dtype; shards are decoded on
-    `workers` threads (default: every core this process may use)."""
+    `workers` processes (default: every core this process may use)."""
     header = read_header(blob)
     if header["model"] != model_fingerprint(model):
         raise CodecError("this file was compressed with another model (its fingerprint differs)")
@@ -192,15 +188,7 @@ def decompress(
         raise CodecError(f"the file holds items of shape {shape[1:]}, which this model does not code")
     codec = BitsBackCodec(model, lanes=lanes, latent_bits=int(header["latent_bits"]))
 
-    def decode(n: int, borrowed: int, payload: bytes) -> torch.Tensor:
-        message = rans.Message.from_bytes(payload, lanes)
-        x = codec.decode(message, n, progress=progress)
-        if not ((message.head == rans.LOWER).all() and len(message.tail) == borrowed and not message.tail.any()):
-            raise CodecError("decoding did not end where encoding began: the file does not fit this model")
-        return x
-
-    jobs = [lambda shard=shard: decode(*shard) for shard in header["shards"]]
-    parts = _side_by_side(jobs, workers)
+    parts = map_shards(_decode_shard, codec, header["shards"], workers, progress)
     x = torch.cat(parts) if parts else torch.zeros(0, *model.spec.shape)
     items = x.numpy().reshape(shape).astype(header["dtype"])
     if _data_hash(items) != header["data_hash"]:
