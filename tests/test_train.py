@@ -251,6 +251,18 @@ def test_learning_rate_warm_up_rises_linearly_then_holds(tmp_path, rates_seen):
     assert seen == pytest.approx([2.5e-3, 5e-3, 7.5e-3, 1e-2, 1e-2, 1e-2, 1e-2, 1e-2])
 
 
+def test_a_model_of_several_latent_layers_warms_its_learning_rate_up_by_default(tmp_path, rates_seen):
+    options = dict(epochs=3, lr=1e-2, lr_decay=0, batch_size=1347, patience=None, **TINY)
+    deep = vaekit.train("digits", tmp_path / "deep", layers=(2, 2), **options)
+    assert rates_seen == pytest.approx([1e-2 * s / train_module.DEEP_LR_WARMUP for s in (1, 2, 3)])
+    recorded = json.loads((deep.run_dir / "config.json").read_text())
+    assert recorded["training"]["lr_warmup"] == train_module.DEEP_LR_WARMUP  # recorded as used
+    rates_seen.clear()
+    vaekit.train("digits", tmp_path / "flat", **options)
+    vaekit.train("digits", tmp_path / "asked", layers=(2, 2), lr_warmup=0, **options)
+    assert rates_seen == [1e-2] * 6
+
+
 def test_bf16_autocast_trains_to_the_same_elbo_as_fp32(tmp_path):
     runs = {p: vaekit.train("digits", tmp_path / p, epochs=30, precision=p, **TINY) for p in ("fp32", "bf16")}
     fp32, bf16 = (min(m["heldout_neg_elbo"] for m in runs[p].metrics) for p in ("fp32", "bf16"))

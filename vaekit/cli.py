@@ -22,7 +22,17 @@ from vaekit.data.arrays import read_array
 from vaekit.errors import OptionError, VaekitError
 from vaekit.evaluate import encode_means, evaluate
 from vaekit.models import ARCHS, LIKELIHOODS, PRIORS, LatentVariableModel
-from vaekit.trainer import MAX_SEED, MIN_EPOCHS, OBJECTIVES, ON_NAN, PRECISIONS, TARGET_STEPS, TrainConfig, labels_for
+from vaekit.trainer import (
+    DEEP_LR_WARMUP,
+    MAX_SEED,
+    MIN_EPOCHS,
+    OBJECTIVES,
+    ON_NAN,
+    PRECISIONS,
+    TARGET_STEPS,
+    TrainConfig,
+    labels_for,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -195,7 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"fraction of the last steps over which the rate falls to 0 (default {defaults.lr_decay})",
     )  # fmt: skip
     p.add_argument(
-        "--lr-warmup", type=int, default=0, help="steps over which the rate rises from 0 (default 0; deep models: ~500)"
+        "--lr-warmup",
+        type=int,
+        help=f"steps over which the rate rises from 0 (default {DEEP_LR_WARMUP} for several latent layers, else 0)",
     )
     p.add_argument("--beta", type=_finite_float, default=1.0, help="KL weight (beta-VAE)")
     p.add_argument("--warmup", type=_finite_float, default=0.0, help="KL warm-up epochs (linear from 0 to beta)")

@@ -102,7 +102,7 @@ def train(
     trainer = Trainer(model, config, run_dir, quiet, device)
     data_args.update(n_fit=len(train_set), n_heldout=len(heldout))
     if distributed.is_main():
-        model_io.save_config(run_dir, model, training=dataclasses.asdict(config), data=data_args)
+        model_io.save_config(run_dir, model, training=dataclasses.asdict(trainer.config), data=data_args)
     return _finish(trainer, train_set, heldout)
 
 

@@ -44,6 +44,7 @@ OBJECTIVES = ("elbo", "iwae")
 ON_NAN = ("stop", "skip")
 MAX_SEED = 2**63 - 1  # what torch.Generator.manual_seed takes
 NONFINITE_IN_A_ROW = 100  # under --on-nan skip, this many non-finite steps in a row stop training: it will not recover
+DEEP_LR_WARMUP = 200  # steps: without a warm-up, the default hierarchical recipe diverged in its first epoch
 ADAM_BETAS = (0.9, 0.99)  # a shorter second-moment memory than the usual 0.999: measured faster to a target -ELBO
 
 
@@ -57,7 +58,8 @@ class TrainConfig:
     batch_size: int = 256
     lr: float = 3e-3
     lr_decay: float = 0.5  # the learning rate falls linearly to 0 over this last fraction of the steps
-    lr_warmup: int = 0  # ... and rises linearly from 0 over this many first steps (deep models need it)
+    lr_warmup: int | None = None  # ... and rises linearly from 0 over this many first steps (None: DEEP_LR_WARMUP
+    # for a model of several latent layers, whose zero-initialised posterior layers diverge at the full rate, else 0)
     beta: float = 1.0  # weight of the KL term
     warmup_epochs: float = 0.0  # linear KL warm-up from 0 to beta
     free_bits: float = 0.0  # nats per latent dimension below which KL is not penalised
@@ -81,7 +83,8 @@ class TrainConfig:
             (math.isfinite(self.lr) and self.lr > 0, f"learning rate must be > 0, got {self.lr}"),
             (math.isfinite(self.beta) and self.beta >= 0, f"beta must be >= 0, got {self.beta}"),
             (0 <= self.lr_decay <= 1, f"the decay fraction must lie in [0, 1], got {self.lr_decay}"),
-            (self.lr_warmup >= 0, f"learning-rate warm-up must be >= 0 steps, got {self.lr_warmup}"),
+            (self.lr_warmup is None or self.lr_warmup >= 0,
+             f"learning-rate warm-up must be >= 0 steps, got {self.lr_warmup}"),
             (self.warmup_epochs >= 0, f"warm-up must be >= 0 epochs, got {self.warmup_epochs}"),
             (self.free_bits >= 0, f"free bits must be >= 0, got {self.free_bits}"),
             (self.clip_grad is None or self.clip_grad > 0, f"gradient clip must be > 0, got {self.clip_grad}"),
@@ -216,6 +219,8 @@ class Trainer:
         self, model: LatentVariableModel, config: TrainConfig, run_dir: str | Path, quiet: bool = False, device="auto"
     ):
         config.validate(model.config.likelihood)
+        if config.lr_warmup is None:
+            config = dataclasses.replace(config, lr_warmup=DEEP_LR_WARMUP if len(model.layer_sizes) > 1 else 0)
         if config.free_bits > 0 and model.config.prior == "vamp":
             raise OptionError("free bits need a KL per latent dimension, which the VampPrior's KL has not")
         self.device = resolve_device(device) if isinstance(device, str) else device
