@@ -78,6 +78,16 @@ def test_shards_that_do_not_add_up_are_refused(model, levels, sharded_blob):
             container.decompress(model, bytes(edited) + container._hash(bytes(edited)))
 
 
+@pytest.mark.parametrize("dtype", ["(2,),i1", "<f8", "O", "i1,i1"])
+def test_a_dtype_other_than_an_integer_type_is_refused_before_numpy_parses_it(model, levels, blob, dtype):
+    # found by benchmarks/fuzz.py: "(2,),i1" made np.dtype run ast.literal_eval, which raised SyntaxError
+    old = levels.dtype.str.encode()
+    at = container._FIXED.size
+    body = blob[:at] + bytes([len(dtype)]) + dtype.encode() + blob[at + 1 + len(old) : -container.HASH_BYTES]
+    with pytest.raises(CodecError, match=r"header is invalid \(dtype"):
+        container.decompress(model, body + container._hash(body))
+
+
 def test_round_trip_keeps_values_shape_and_dtype(model, levels, blob):
     flat = levels.reshape(len(levels), -1).astype(np.int16)
     for items in (levels, flat):

@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import struct
 from collections.abc import Callable
 
@@ -47,6 +48,7 @@ MAGIC = b"VAEKITZ\0"
 FORMAT_VERSION = 3  # 2: items in interleaved chains, one per lane; 3: in shards
 HASH_BYTES = 16  # half a SHA-256: collisions stay out of reach, and 48 bytes fewer per file
 _FIXED = struct.Struct("<8sHHB")  # magic, version, lanes, latent bits
+_INTEGER_DTYPE = re.compile(r"[<>|=][iub][1248]")  # what `items.dtype.str` gives for integer data
 _SHARD = struct.Struct("<2Q")  # borrowed words, payload bytes
 SHARD_VALUES = 1 << 19  # values per shard at least: a few seconds of coding, and a negligible 64 lanes' states
 MAX_SHARDS = 8  # a power of two, so that 2, 4 or 8 cores share them evenly
@@ -146,7 +148,10 @@ def read_header(blob: bytes) -> dict:
     try:
         at = _FIXED.size
         (length,) = struct.unpack_from("<B", body, at)
-        dtype = np.dtype(body[at + 1 : at + 1 + length].decode("ascii"))
+        dtype_text = body[at + 1 : at + 1 + length].decode("ascii")
+        if not _INTEGER_DTYPE.fullmatch(dtype_text):  # np.dtype would parse (and literal_eval) anything else
+            raise CodecError(f"the compressed file's header is invalid (dtype {dtype_text!r})")
+        dtype = np.dtype(dtype_text)
         at += 1 + length
         (ndim,) = struct.unpack_from("<B", body, at)
         shape = struct.unpack_from(f"<{ndim}Q", body, at + 1)
