@@ -249,8 +249,9 @@ class BitsBackCodec:
                 self._encode_step(message, item[None], lane)
                 progress(1)
             for start in range(self.lanes, len(x), self.lanes):
-                self._encode_step(message, x[start : start + self.lanes].float())
-                progress(len(x[start : start + self.lanes]))
+                chunk = x[start : start + self.lanes]
+                self._encode_step(message, chunk.float())
+                progress(len(chunk))
         return message
 
     @torch.no_grad()
