@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import cpu_name
+from common import cpu_name, matmul_gflops
 from peers import PythaeAdapter, dynamic_binarisation_dataset, pythae_model, train_pythae
 
 import vaekit
@@ -62,9 +62,12 @@ def parse_duration(text: str) -> float:
 
 
 def train_vaekit(name: str, source: str, budget: float, out: Path):
-    run = vaekit.train(
-        source, out / name, binarize="dynamic", time_budget=budget, patience=None, quiet=False, **VAEKIT[name]
-    )
+    if (out / name / "config.json").exists():  # a kept run folder, cut short earlier: go on from its checkpoint
+        run = vaekit.resume(out / name)
+    else:
+        run = vaekit.train(
+            source, out / name, binarize="dynamic", time_budget=budget, patience=None, quiet=False, **VAEKIT[name]
+        )
     return run.model, run.metrics[-1]["wall_seconds"], int(run.metrics[-1]["epoch"])
 
 
@@ -80,6 +83,8 @@ def train_peer(name: str, source: str, budget: float, out: Path):
 
 
 def measure(name: str, source: str, budget: float, k: int, out: Path) -> dict:
+    # the machine's speed varies between sittings; this same-run reference makes rows comparable
+    gflops = matmul_gflops()
     start = time.perf_counter()
     model, seconds, epochs = (train_vaekit if name in VAEKIT else train_peer)(name, source, budget, out)
     model.eval()
@@ -96,6 +101,7 @@ def measure(name: str, source: str, budget: float, k: int, out: Path) -> dict:
         "test_items": len(x),
         "binarization": f"dynamic in training; test: one draw, seed {EVAL_SEED}",
         "wall_seconds": time.perf_counter() - start,
+        "matmul_gflops": gflops,
     }
 
 
@@ -107,6 +113,11 @@ def main() -> None:
     parser.add_argument("--models", default=",".join([*VAEKIT, *PYTHAE]), help="comma-separated subset")
     parser.add_argument(
         "--results", help="JSON file to add to (default: benchmarks/results/likelihood-DATA-BUDGET.json)"
+    )
+    parser.add_argument(
+        "--runs",
+        help="keep vaekit's run folders here (default: a temporary folder); a run found there that was cut "
+        "short is resumed from its checkpoint, so a long budget can be trained over several sittings",
     )
     parser.add_argument("--force", action="store_true", help="measure models the results file already holds")
     args = parser.parse_args()
@@ -122,8 +133,9 @@ def main() -> None:
         if name in results.get("models", {}) and not args.force:
             continue
         with tempfile.TemporaryDirectory() as tmp:
-            row = measure(name, args.data, budget, args.k, Path(tmp))
-            curve = Path(tmp) / name / "metrics.csv"  # vaekit's runs: was it still improving at the end?
+            runs = Path(args.runs) if args.runs else Path(tmp)
+            row = measure(name, args.data, budget, args.k, runs)
+            curve = runs / name / "metrics.csv"  # vaekit's runs: was it still improving at the end?
             if curve.exists():
                 curves = path.with_name(path.stem + "-curves")
                 curves.mkdir(parents=True, exist_ok=True)
