@@ -31,6 +31,7 @@ from peers import PythaeAdapter, dynamic_binarisation_dataset, pythae_model, tra
 
 import vaekit
 from vaekit import data
+from vaekit import io as model_io
 from vaekit.evaluate import negative_log_likelihood
 from vaekit.models import ModelConfig
 from vaekit.trainer import EVAL_SEED, evaluate_elbo
@@ -62,11 +63,15 @@ def parse_duration(text: str) -> float:
 
 
 def train_vaekit(name: str, source: str, budget: float, out: Path):
-    if (out / name / "config.json").exists():  # a kept run folder, cut short earlier: go on from its checkpoint
-        run = vaekit.resume(out / name)
+    folder = out / name
+    if (folder / model_io.CONFIG).exists():  # a kept run folder, cut short earlier: go on from its checkpoint
+        kept = model_io.read_config(folder)["training"]["time_budget"]
+        if kept != budget:  # resuming would train to the old budget and record it as this one
+            raise SystemExit(f"{folder} was trained under a budget of {kept} s, not {budget:g} s: choose other --runs")
+        run = vaekit.resume(folder)
     else:
         run = vaekit.train(
-            source, out / name, binarize="dynamic", time_budget=budget, patience=None, quiet=False, **VAEKIT[name]
+            source, folder, binarize="dynamic", time_budget=budget, patience=None, quiet=False, **VAEKIT[name]
         )
     return run.model, run.metrics[-1]["wall_seconds"], int(run.metrics[-1]["epoch"])
 
