@@ -1,20 +1,25 @@
 """The hierarchical VAE: its densities against numerical integration, its KL against sampling, and the interface."""
 
+import json
 import math
 
+import pytest
 import torch
 
 import vaekit
+from vaekit.cli import main
 from vaekit.data import DataSpec
+from vaekit.errors import OptionError
 from vaekit.models import ModelConfig, build
 
 SPEC = DataSpec("levels", (3,), levels=2)
 
 
-def tiny(seed=0):
+def tiny(seed=0, layer_norm=False):
     """Two stochastic layers of one dimension each over three binary pixels, with random weights."""
     torch.manual_seed(seed)
-    model = build(ModelConfig.for_data(SPEC, "bernoulli", latent_dim=None, hidden=(8,), layers=(1, 1)))
+    config = ModelConfig.for_data(SPEC, "bernoulli", latent_dim=None, hidden=(8,), layers=(1, 1), layer_norm=layer_norm)
+    model = build(config)
     with torch.no_grad():
         for p in model.parameters():  # the zero-initialised layers too, so that every path matters
             p.add_(0.3 * torch.randn_like(p))
@@ -37,14 +42,16 @@ def log_px_by_quadrature(model, x, points=601, extent=12.0):
     return torch.logsumexp(log_lik + log_joint, 1) + 2 * math.log(step)
 
 
-def test_prior_density_integrates_to_one_and_the_likelihood_sums_to_one():
-    model = tiny()
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_prior_density_integrates_to_one_and_the_likelihood_sums_to_one(layer_norm):
+    model = tiny(layer_norm=layer_norm)
     exact = log_px_by_quadrature(model, ALL_X)
     assert abs(torch.logsumexp(exact, 0).item()) < 1e-3  # sum over all x of p(x) = 1
 
 
-def test_importance_sampled_log_px_matches_quadrature():
-    model = tiny()
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_importance_sampled_log_px_matches_quadrature(layer_norm):
+    model = tiny(layer_norm=layer_norm)
     exact = log_px_by_quadrature(model, ALL_X)
     est = model.importance_sampled(ALL_X, k=4000, generator=torch.Generator().manual_seed(1))
     assert ((est.log_px - exact).abs() <= 4 * est.stderr + 1e-3).all()
@@ -86,3 +93,24 @@ def test_trains_saves_loads_and_evaluates_through_the_common_interface(tmp_path)
     assert model.elbo(x).kl_per_dim.shape == (5, 6)
     assert torch.isfinite(model.log_likelihood(x, k=10)).all()
     assert run.metrics[-1]["heldout_neg_elbo"] < run.metrics[0]["heldout_neg_elbo"]
+
+
+def test_layer_norm_from_the_command_line_is_trained_saved_and_recorded_only_when_asked(tmp_path):
+    out = tmp_path / "n"
+    args = ["train", "--data", "digits", "--out", out, "--layers", "4,2", "--hidden", "32", "--layer-norm"]
+    assert main([str(a) for a in [*args, "--epochs", "2", "--quiet"]]) == 0
+    model = vaekit.load(out)
+    assert model.config.layer_norm and all(cell.norm is not None for cell in [*model.bottom_up, *model.top_down])
+    assert not torch.equal(model.top_down[0].norm.weight, torch.ones(32))  # trained, and saved with the rest
+    assert torch.isfinite(model.log_likelihood(model.prepare(torch.randint(0, 17, (5, 1, 8, 8))), k=10)).all()
+    assert "layer_norm" not in ModelConfig.for_data(SPEC, "bernoulli", hidden=(8,), layers=(1, 1)).to_dict()
+    recorded = ModelConfig.for_data(SPEC, "bernoulli", hidden=(8,), layers=(1, 1), layer_norm=True).to_dict()
+    assert ModelConfig.from_dict(json.loads(json.dumps(recorded))).layer_norm is True
+
+
+def test_layer_norm_needs_layers_and_a_boolean():
+    with pytest.raises(OptionError, match="needs a hierarchical model"):
+        ModelConfig.for_data(SPEC, "bernoulli", hidden=(8,), layer_norm=True)
+    recorded = ModelConfig.for_data(SPEC, "bernoulli", hidden=(8,), layers=(1, 1), layer_norm=True).to_dict()
+    with pytest.raises(ValueError, match="layer_norm must be true or false"):
+        ModelConfig.from_dict({**recorded, "layer_norm": "yes"})

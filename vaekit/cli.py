@@ -165,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--layers", type=_int_list, default=(), help="a hierarchical VAE: latent sizes bottom to top, e.g. 32,16"
     )
     p.add_argument(
+        "--layer-norm", action="store_true", help="a hierarchical VAE: each residual cell starts with a LayerNorm"
+    )
+    p.add_argument(
         "--context",
         type=int,
         default=0,
@@ -384,7 +387,7 @@ def _train(args: argparse.Namespace) -> None:
             args.data, args.out, likelihood=args.likelihood, arch=args.arch, latent_dim=args.latent,
             hidden=args.hidden, prior=args.prior, pseudo_inputs=args.pseudo_inputs, conditional=args.conditional,
             layers=args.layers, context=args.context, context_hidden=args.context_hidden, mixture=args.mixture,
-            objective=args.objective,
+            layer_norm=args.layer_norm, objective=args.objective,
             k=args.k, skip_threshold=args.skip_threshold, on_nan=args.on_nan,
             time_budget=args.time_budget,
             data_dir=args.data_dir, download=args.download, size=args.size, label=args.label,

@@ -67,6 +67,7 @@ class ModelConfig:
     context: int = 0  # > 0: each pixel's likelihood also sees the pixels before it within this radius
     context_hidden: int = 0  # > 0: the context goes through this many hidden units, which also see z's parameters
     mixture: int = 1  # > 1: a mixture of this many discretised logistics per value
+    layer_norm: bool = False  # a hierarchical model: each residual cell starts with a LayerNorm
 
     @property
     def n_params(self) -> int:
@@ -76,8 +77,9 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["spec"], d["hidden"], d["layers"] = self.spec.to_dict(), list(self.hidden), list(self.layers)
-        if self.mixture == 1:
-            del d["mixture"]  # so that models without one keep their files and fingerprints (see codec.container)
+        for key, default in (("mixture", 1), ("layer_norm", False)):
+            if d[key] == default:
+                del d[key]  # so that models without it keep their files and fingerprints (see codec.container)
         return d
 
     @classmethod
@@ -108,13 +110,16 @@ class ModelConfig:
                 and all(is_integer(v) and 1 <= v <= MAX_WIDTH for v in values)
             ):
                 raise ValueError(f"{key} must be at most 16 integers in 1..{MAX_WIDTH}, got {values!r}")
+        layer_norm = d.get("layer_norm", False)
+        if not isinstance(layer_norm, bool):
+            raise ValueError(f"layer_norm must be true or false, got {layer_norm!r}")
         spec = DataSpec.from_dict(d.get("spec"))
         try:
             config = cls.for_data(
                 spec, names["likelihood"], names["arch"], counts["latent_dim"], tuple(sizes["hidden"]),
                 prior=names["prior"], pseudo_inputs=counts["pseudo_inputs"], classes=counts["classes"],
                 layers=tuple(sizes["layers"]), context=counts["context"], context_hidden=counts["context_hidden"],
-                mixture=counts["mixture"],
+                mixture=counts["mixture"], layer_norm=layer_norm,
             )  # fmt: skip
         except OptionError as error:
             raise ValueError(str(error)) from None
@@ -140,6 +145,7 @@ class ModelConfig:
         context: int = 0,
         context_hidden: int = 0,
         mixture: int = 1,
+        layer_norm: bool = False,
     ) -> ModelConfig:
         """The default model for data of this spec: the likelihood fits the data, sizes follow its dimension."""
         likelihood = likelihood or ("gaussian" if spec.kind == "real" else "discretized_logistic")
@@ -179,6 +185,8 @@ class ModelConfig:
                     f"the pixel context's hidden units would each sum {terms} inputs (channels x (earlier pixels + "
                     f"parameters)); at most {MAX_CONTEXT_TERMS} keep compression exact: a smaller radius or mixture"
                 )
+        if layer_norm and not layers:
+            raise OptionError("a LayerNorm in the residual cells needs a hierarchical model (--layers)")
         d = spec.dim
         if layers:
             if min(layers) < 1:
@@ -195,7 +203,7 @@ class ModelConfig:
             raise OptionError(f"hidden layer sizes must be one or more numbers >= 1, got {list(hidden)}")
         return cls(
             spec, likelihood, arch, latent_dim, tuple(hidden), prior, pseudo_inputs, classes, tuple(layers), context,
-            context_hidden, mixture,
+            context_hidden, mixture, layer_norm,
         )  # fmt: skip
 
 

@@ -49,6 +49,7 @@ def train(
     context: int = 0,
     context_hidden: int = 0,
     mixture: int = 1,
+    layer_norm: bool = False,
     data_dir: str | os.PathLike | None = None,
     download: bool = False,
     size: tuple[int, int] | None = None,
@@ -64,7 +65,8 @@ def train(
     and decoder; the data need labels), `layers` (latent sizes of a hierarchical VAE, bottom to top),
     `context` (each pixel's likelihood also sees the earlier pixels within this radius), `context_hidden`
     (units of a hidden layer through which it sees them, with z's parameters of the pixel; 0: linear),
-    `mixture` (discretised data: each value's likelihood a mixture of this many discretised logistics).
+    `mixture` (discretised data: each value's likelihood a mixture of this many discretised logistics),
+    `layer_norm` (a hierarchical model: each residual cell starts with a LayerNorm).
     `options` are TrainConfig fields: epochs, batch_size, lr, beta, warmup_epochs, free_bits, clip_grad,
     patience, binarize, objective, k, skip_threshold, on_nan, precision, seed. Under torchrun, every process
     calls this; rank 0 writes.
@@ -94,6 +96,7 @@ def train(
     model_config = ModelConfig.for_data(
         spec, likelihood, arch, latent_dim, hidden, prior=prior, pseudo_inputs=pseudo_inputs, classes=classes,
         layers=tuple(layers), context=context, context_hidden=context_hidden, mixture=mixture,
+        layer_norm=layer_norm,
     )  # fmt: skip
     model = build(model_config)
     device = resolve_device(device)
