@@ -49,6 +49,16 @@ VAEKIT = {
     "vaekit-hierarchical": dict(
         hidden=(512,), layers=(32, 16, 8), warmup_epochs=5, skip_threshold=1000.0, lr=1e-3, lr_warmup=500
     ),
+    # the same recipe with a LayerNorm in each residual cell, which let a deeper model pay (12-minute pilots)
+    "vaekit-hierarchical-ln": dict(
+        hidden=(512,),
+        layers=(32, 32, 16, 16, 8, 8),
+        layer_norm=True,
+        warmup_epochs=5,
+        skip_threshold=1000.0,
+        lr=1e-3,
+        lr_warmup=500,
+    ),
 }
 PYTHAE = {
     "pythae-vae": ("vae", {}),
