@@ -37,6 +37,9 @@ from vaekit.models import ModelConfig
 from vaekit.trainer import EVAL_SEED, evaluate_elbo
 
 FLAT = dict(hidden=(512, 256), latent_dim=32)  # every one-layer model, vaekit's and pythae's
+# Adam's first steps at the full 3e-3 wrecked its zero-initialised posterior layers (every later update
+# was then skipped); a gentler rate with a warm-up trains it
+HIERARCHICAL = dict(hidden=(512,), layers=(32, 16, 8), warmup_epochs=5, skip_threshold=1000.0, lr=1e-3, lr_warmup=500)
 VAEKIT = {
     "vaekit-vae": dict(FLAT),
     # at the default 3e-3 the IWAE bound stalled for half its budget with 12 nats of KL (2026-11-30)
@@ -44,21 +47,9 @@ VAEKIT = {
     "vaekit-vamp": dict(FLAT, prior="vamp", pseudo_inputs=500),
     # each pixel's Bernoulli also sees the 24 pixels before it within radius 3 (a masked convolution)
     "vaekit-context": dict(FLAT, context=3),
-    # Adam's first steps at the full 3e-3 wrecked its zero-initialised posterior layers (every later update
-    # was then skipped); a gentler rate with a warm-up trains it
-    "vaekit-hierarchical": dict(
-        hidden=(512,), layers=(32, 16, 8), warmup_epochs=5, skip_threshold=1000.0, lr=1e-3, lr_warmup=500
-    ),
+    "vaekit-hierarchical": dict(HIERARCHICAL),
     # the same recipe with a LayerNorm in each residual cell, which let a deeper model pay (12-minute pilots)
-    "vaekit-hierarchical-ln": dict(
-        hidden=(512,),
-        layers=(32, 32, 16, 16, 8, 8),
-        layer_norm=True,
-        warmup_epochs=5,
-        skip_threshold=1000.0,
-        lr=1e-3,
-        lr_warmup=500,
-    ),
+    "vaekit-hierarchical-ln": dict(HIERARCHICAL, layers=(32, 32, 16, 16, 8, 8), layer_norm=True),
 }
 PYTHAE = {
     "pythae-vae": ("vae", {}),
