@@ -129,6 +129,7 @@ def _finish(trainer: Trainer, train_set: Dataset, heldout: Dataset) -> Run:
     try:
         metrics = trainer.fit(train_set, heldout)
     finally:
+        trainer.release_ddp()  # before the process group goes
         distributed.teardown()
     if not distributed.is_main():
         return Run(trainer.model, trainer.run_dir, metrics)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import functools
+import gc
 import io
 import math
 import time
@@ -262,6 +263,14 @@ class Trainer:
         self.best, self.bad_epochs, self.skipped = state["best"], state["bad_epochs"], state.get("skipped", 0)
         self.wall = state.get("wall", self.seconds)
         self.metrics = read_metrics(self.run_dir)[: self.epoch]
+
+    def release_ddp(self) -> None:
+        """Free the DDP wrapper while its process group still exists. Its reducer keeps the group alive; left
+        to interpreter exit, the group's gloo threads can die unjoined and abort the process ("terminate
+        called without an active exception", seen now and then in a 2-process resume test)."""
+        if self.ddp is not self.model:
+            self.ddp = self.model
+            gc.collect()  # in case hooks hold the wrapper in a reference cycle
 
     # --- the loop ---------------------------------------------------------
     def fit(self, train: Dataset, heldout: Dataset, stop_below: float | None = None) -> list[dict[str, float]]:
