@@ -265,9 +265,9 @@ class Trainer:
         self.metrics = read_metrics(self.run_dir)[: self.epoch]
 
     def release_ddp(self) -> None:
-        """Free the DDP wrapper while its process group still exists. Its reducer keeps the group alive; left
-        to interpreter exit, the group's gloo threads can die unjoined and abort the process ("terminate
-        called without an active exception", seen now and then in a 2-process resume test)."""
+        """Free the DDP wrapper while its process group still exists. Its reducer keeps the group alive, and
+        a group left to interpreter exit may abort the process with gloo threads unjoined: the suspected
+        cause of a rare "terminate called without an active exception" in a 2-process resume test."""
         if self.ddp is not self.model:
             self.ddp = self.model
             gc.collect()  # in case hooks hold the wrapper in a reference cycle
