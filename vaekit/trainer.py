@@ -1,5 +1,5 @@
-"""The training loop: maximise the ELBO (or the IWAE bound) with Adam, with KL warm-up, free bits,
-clipping, skipping of outlier updates, and early stopping.
+"""The training loop: maximise the ELBO (or the IWAE bound, or the ELBO then the IWAE bound) with Adam,
+with KL warm-up, free bits, clipping, skipping of outlier updates, and early stopping.
 
 Data stays in memory as one tensor and batches are taken by index, so there is no per-item Python
 work. Every epoch ends with a held-out evaluation; the best model, the metrics and a checkpoint are
@@ -32,6 +32,7 @@ METRIC_FIELDS = [
     "epoch", "step", "seconds", "wall_seconds", "beta",
     "train_neg_elbo", "train_reconstruction", "train_kl",
     "heldout_neg_elbo", "heldout_reconstruction", "heldout_kl", "heldout_bits_per_dim", "skipped_updates",
+    "heldout_neg_iwae",  # on epochs trained on the IWAE bound: that bound with k samples, which then picks the best
 ]  # fmt: skip
 TARGET_STEPS = 1600  # default epochs give about this many optimiser steps (at least MIN_EPOCHS)
 MIN_EPOCHS, MAX_EPOCHS = 5, 300
@@ -70,6 +71,7 @@ class TrainConfig:
     precision: str = "auto"  # "fp32", "bf16" (autocast of the networks' matmuls) or "auto": bf16 where it is faster
     objective: str = "elbo"  # or "iwae": the importance-weighted bound with `k` samples
     k: int = 5  # importance samples of the IWAE objective
+    iwae_tail: float = 0.0  # train the last fraction of the run (of its time, under a budget) on the IWAE bound
     skip_threshold: float | None = None  # skip updates whose gradient norm exceeds this (VDVAE); None: never
     on_nan: str = "stop"  # a NaN/inf loss or gradient: "stop" naming the epoch and step, or "skip" that update
     time_budget: float | None = None  # wall-clock seconds, evaluation and saving included: training ends (and its
@@ -96,6 +98,9 @@ class TrainConfig:
             (self.k >= 1, f"the IWAE objective needs k >= 1 samples, got {self.k}"),
             (self.objective == "elbo" or (self.beta == 1 and self.free_bits == 0 and self.warmup_epochs == 0),
              "the IWAE objective is a bound on log p(x): it takes no beta, free bits or KL warm-up"),
+            (0 <= self.iwae_tail < 1, f"the IWAE tail must lie in [0, 1), got {self.iwae_tail}"),
+            (self.iwae_tail == 0 or (self.objective == "elbo" and self.beta == 1 and self.free_bits == 0),
+             "an IWAE tail follows ELBO training with beta 1 and no free bits (--objective elbo)"),
             (self.time_budget is None or self.time_budget > 0, f"time budget must be > 0 s, got {self.time_budget}"),
             (self.skip_threshold is None or self.skip_threshold > 0,
              f"the update-skipping threshold must be > 0, got {self.skip_threshold}"),
@@ -136,23 +141,35 @@ def evaluate_elbo(
     return {"neg_elbo": neg_elbo, "reconstruction": rec, "kl": kl}
 
 
-def _elbo_sums(model, x, y, rows, batch_size, generator) -> torch.Tensor:
-    """Sums of -ELBO, -reconstruction and KL over x[rows] (all rows if None), in float64.
+@torch.no_grad()
+def _elbo_sums(model, x, y, rows, batch_size, generator, k: int | None = None) -> torch.Tensor:
+    """Sums of -ELBO, -reconstruction and KL over x[rows] (all rows if None), in float64; with `k`, the
+    ELBO's pieces are averages over k samples, and a fourth sum is that of the negative IWAE bound.
 
     The reparameterisation noise is drawn for all of x and then sliced, so a shard of x sees the
     same noise as it would in a single process.
     """
     was_training = model.training
     model.eval()
-    noise = torch.randn(len(x), model.latent_dim, generator=generator, device=x.device)
+    samples = () if k is None else (k,)
+    noise = torch.randn(*samples, len(x), model.latent_dim, generator=generator, device=x.device)
     if rows is not None:
-        x, noise, y = x[rows], noise[rows], None if y is None else y[rows]
-    totals = torch.zeros(3, dtype=torch.float64, device=x.device)
+        x, noise, y = x[rows], noise[..., rows, :], None if y is None else y[rows]
+    batch_size = max(1, batch_size // (k or 1))  # about as many decoded rows per pass either way
+    totals = torch.zeros(3 if k is None else 4, dtype=torch.float64, device=x.device)
     for start in range(0, len(x), batch_size):
         part = slice(start, start + batch_size)
-        totals += model.elbo(x[part].float(), noise[part], None if y is None else y[part]).totals()
+        r = model(x[part].float(), noise[..., part, :], None if y is None else y[part])
+        sums = r.totals()
+        totals += sums if k is None else torch.cat([sums, -r.objective.sum().double().reshape(1)])
     model.train(was_training)
     return totals
+
+
+def heldout_score(row: dict[str, Any]) -> float:
+    """What picks the best epoch: the held-out bound that epoch trained on (-IWAE where it was the IWAE bound)."""
+    iwae = row.get("heldout_neg_iwae")
+    return row["heldout_neg_elbo"] if iwae is None else iwae
 
 
 @functools.cache
@@ -237,6 +254,9 @@ class Trainer:
         self.dtype = resolve_precision(config.precision, self.device)
         self.generator = torch.Generator(self.device).manual_seed(config.seed)  # same stream on every rank
         self.epoch, self.step, self.skipped = 0, 0, 0
+        # where an IWAE tail began: its step, and the progress (0..1) of the learning-rate schedule there
+        self.tail_start: int | None = None
+        self.tail_progress = 0.0
         self._nonfinite_in_a_row = 0
         self.seconds, self.wall = 0.0, 0.0  # optimisation time; wall-clock time of training, evaluation and saving
         self._best_state: dict[str, torch.Tensor] | None = None  # best weights not yet written
@@ -248,7 +268,8 @@ class Trainer:
     def save_checkpoint(self) -> None:
         rng = {"generator": self.generator.get_state()}
         state = {"epoch": self.epoch, "step": self.step, "seconds": self.seconds, "wall": self.wall,
-                 "best": self.best, "skipped": self.skipped}  # fmt: skip
+                 "best": self.best, "skipped": self.skipped, "tail_start": self.tail_start,
+                 "tail_progress": self.tail_progress}  # fmt: skip
         model_io.save_checkpoint(
             self.run_dir, self.model, self.optimizer, rng, {**state, "bad_epochs": self.bad_epochs}
         )
@@ -262,6 +283,7 @@ class Trainer:
         self.epoch, self.step, self.seconds = state["epoch"], state["step"], state["seconds"]
         self.best, self.bad_epochs, self.skipped = state["best"], state["bad_epochs"], state.get("skipped", 0)
         self.wall = state.get("wall", self.seconds)
+        self.tail_start, self.tail_progress = state.get("tail_start"), state.get("tail_progress", 0.0)
         self.metrics = read_metrics(self.run_dir)[: self.epoch]
 
     def release_ddp(self) -> None:
@@ -323,15 +345,17 @@ class Trainer:
                     break
                 batch = order[i : i + cfg.batch_size]
                 beta = cfg.beta * min(1.0, (self.step + 1) / warmup_steps) if warmup_steps > 0 else cfg.beta
-                self._set_learning_rate(self.total_steps)
+                if self.tail_start is None and cfg.iwae_tail > 0 and self._progress() >= 1 - cfg.iwae_tail:
+                    self._begin_tail()
+                self._set_learning_rate()
                 result = self._step(train_x, train_y, batch, beta)
                 self.step += 1
                 if result is not None:
                     loss, r = result
                     seen += len(batch)
                     sums += r.totals()
-                if self.step == BUDGET_PROBE_STEPS:  # a first estimate, should one epoch outlast the budget
-                    self._fit_steps_to_budget()
+                if self.step - self._speed_origin[0] == BUDGET_PROBE_STEPS:
+                    self._fit_steps_to_budget()  # a first estimate, should one epoch outlast the budget
                 if result is not None and (self.step % check_every == 0 or i + cfg.batch_size >= len(train_x)):
                     value = loss.item()
                     if not math.isfinite(value):
@@ -373,12 +397,32 @@ class Trainer:
         remaining = max(0.0, budget - elapsed) * steps_per_second
         self.total_steps = distributed.broadcast(min(self.max_steps, self.step + int(remaining)))
 
-    def _set_learning_rate(self, total_steps: int) -> None:
+    def _progress(self) -> float:
+        """How far training has come, 0..1: the share of the steps done, except that an IWAE tail, once begun,
+        spans what was left at its start, however slow its steps (under a budget: the last part of the time)."""
+        if self.tail_start is None:
+            return self.step / self.total_steps
+        tail_done = (self.step - self.tail_start) / max(1, self.total_steps - self.tail_start)
+        return self.tail_progress + (1 - self.tail_progress) * min(1.0, tail_done)
+
+    def _begin_tail(self) -> None:
+        """Switch to the IWAE bound for good (a later budget estimate never switches back)."""
+        self.tail_start, self.tail_progress = self.step, self._progress()
+        # its steps are slower (k samples each): under a budget, measure their speed afresh
+        self._speed_origin = (self.step, self._wall())
+        # the held-out score becomes the IWAE bound, on another scale: the best is picked among tail epochs
+        self.best, self.bad_epochs = math.inf, 0
+
+    @property
+    def trains_iwae(self) -> bool:
+        return self.config.objective == "iwae" or self.tail_start is not None
+
+    def _set_learning_rate(self) -> None:
         """Warm-up-stable-decay: a linear rise over the first `lr_warmup` steps (Adam's first steps move every
         weight by about the rate, which a deep model's zero-initialised layers do not survive at full rate),
-        constant, then a linear fall to zero over the last `lr_decay` of the steps: most of the gain of
+        constant, then a linear fall to zero over the last `lr_decay` of training: most of the gain of
         annealing, at whatever point the budget ends."""
-        remaining = (total_steps - self.step) / total_steps
+        remaining = 1 - self._progress()
         scale = 1.0 if self.config.lr_decay == 0 else min(1.0, remaining / self.config.lr_decay)
         if self.config.lr_warmup > 0:
             scale *= min(1.0, (self.step + 1) / self.config.lr_warmup)
@@ -391,7 +435,7 @@ class Trainer:
         cfg, model = self.config, self.model
         n = len(batch)
         # random draws cover the whole global batch so that every rank (and a single process) sees the same ones
-        samples = (cfg.k,) if cfg.objective == "iwae" else ()
+        samples = (cfg.k,) if self.trains_iwae else ()
         noise = torch.randn(*samples, n, model.latent_dim, generator=self.generator, device=self.device)
         mine = slice(self.rank, None, self.world)
         rows = batch[mine]
@@ -444,7 +488,8 @@ class Trainer:
     def _epoch_row(self, train_means: torch.Tensor, heldout_x, heldout_y, beta: float) -> dict[str, float]:
         eval_gen = torch.Generator(self.device).manual_seed(EVAL_SEED)  # the same noise every epoch
         rows = slice(self.rank, None, self.world)
-        sums = _elbo_sums(self.model, heldout_x, heldout_y, rows, 1000, eval_gen)
+        k = self.config.k if self.trains_iwae else None
+        sums = _elbo_sums(self.model, heldout_x, heldout_y, rows, 1000, eval_gen, k)
         held = distributed.all_reduce_sum(sums) / len(heldout_x)
         t, h = train_means.tolist(), held.tolist()
         return {
@@ -452,15 +497,17 @@ class Trainer:
             "train_neg_elbo": t[0], "train_reconstruction": t[1], "train_kl": t[2],
             "heldout_neg_elbo": h[0], "heldout_reconstruction": h[1], "heldout_kl": h[2],
             "heldout_bits_per_dim": bits_per_dim(h[0], self.model), "skipped_updates": self.skipped,
+            "heldout_neg_iwae": h[3] if k else None,
         }  # fmt: skip
 
     def _should_stop(self) -> bool:
         return self.config.patience is not None and self.bad_epochs >= self.config.patience
 
     def _track_best(self, row: dict[str, float]) -> bool:
-        improved = row["heldout_neg_elbo"] < self.best
+        score = heldout_score(row)
+        improved = score < self.best
         if improved:
-            self.best, self.bad_epochs = row["heldout_neg_elbo"], 0
+            self.best, self.bad_epochs = score, 0
         else:
             self.bad_epochs += 1
         return improved
