@@ -101,11 +101,13 @@ def test_time_budget_ends_training_on_time_with_the_learning_rate_decayed(tmp_pa
         return original(self, *args)
 
     monkeypatch.setattr(train_module.Trainer, "_step", record)
-    run = vaekit.train("digits", tmp_path / "t", time_budget=1.5, **SMALL)
+    # 3 s, not less: on a loaded machine a single stall of a few hundred ms would use up a shorter budget
+    # before its decay began
+    run = vaekit.train("digits", tmp_path / "t", time_budget=3.0, **SMALL)
     last = run.metrics[-1]
     # the budget is wall-clock time, evaluation and saving included; the margin lets a loaded machine's last
     # epoch run slower than the speed measured before it
-    assert 1.2 <= last["wall_seconds"] <= 2.5
+    assert 2.5 <= last["wall_seconds"] <= 4.0
     assert last["seconds"] < last["wall_seconds"]
     # the decay follows the steps estimated to fit; should the machine slow down, the budget ends it a little early
     assert rates[0] == pytest.approx(3e-3) and rates[-1] < 0.25 * rates[0]
