@@ -42,7 +42,7 @@ def test_the_tail_is_the_last_fraction_of_the_steps_and_the_rate_falls_as_withou
     assert all(m["heldout_neg_iwae"] is None for m in plain.metrics)
 
 
-def test_the_tail_keeps_its_best_epoch_by_the_heldout_iwae_bound(tmp_path, capsys):
+def test_the_tail_keeps_its_best_epoch_by_the_heldout_iwae_bound(tmp_path):
     run = vaekit.train("digits", tmp_path / "t", epochs=6, iwae_tail=0.5, k=3, **SMALL)
     tail = [m for m in run.metrics if m["heldout_neg_iwae"] is not None]
     assert len(tail) == 3
@@ -56,9 +56,14 @@ def test_the_tail_keeps_its_best_epoch_by_the_heldout_iwae_bound(tmp_path, capsy
     assert float(sums[3]) / len(x) == pytest.approx(best["heldout_neg_iwae"], rel=1e-6)
 
 
-def test_a_tail_epoch_is_kept_even_where_its_elbo_is_worse_than_before_the_tail(tmp_path):
+def tail_trainer(run_dir, iwae_tail: float) -> Trainer:
+    """A trainer of a tiny digits model, not yet fitted: for its bookkeeping alone."""
     model = build(ModelConfig.for_data(vaekit.data.load("digits", "all").spec, None, "mlp", 2, (16,)))
-    trainer = Trainer(model, TrainConfig(epochs=1, iwae_tail=0.5), tmp_path, quiet=True, device="cpu")
+    return Trainer(model, TrainConfig(epochs=1, iwae_tail=iwae_tail), run_dir, quiet=True, device="cpu")
+
+
+def test_a_tail_epoch_is_kept_even_where_its_elbo_is_worse_than_before_the_tail(tmp_path):
+    trainer = tail_trainer(tmp_path, 0.5)
     assert trainer._track_best({"heldout_neg_elbo": 100.0, "heldout_neg_iwae": None})
     trainer.total_steps, trainer._clock_start = 10, 0.0
     trainer._begin_tail()
@@ -67,8 +72,7 @@ def test_a_tail_epoch_is_kept_even_where_its_elbo_is_worse_than_before_the_tail(
 
 
 def test_a_budget_estimate_after_the_switch_keeps_the_schedule_continuous_and_ending_at_one(tmp_path):
-    model = build(ModelConfig.for_data(vaekit.data.load("digits", "all").spec, None, "mlp", 2, (16,)))
-    trainer = Trainer(model, TrainConfig(epochs=1, iwae_tail=0.3), tmp_path, quiet=True, device="cpu")
+    trainer = tail_trainer(tmp_path, 0.3)
     trainer._clock_start = 0.0
     trainer.step, trainer.total_steps = 71, 100
     trainer._begin_tail()

@@ -31,7 +31,7 @@ from vaekit.trainer import (
     PRECISIONS,
     TARGET_STEPS,
     TrainConfig,
-    heldout_score,
+    best_epoch,
     labels_for,
 )
 
@@ -406,11 +406,9 @@ def _train(args: argparse.Namespace) -> None:
         )  # fmt: skip
     if not distributed.is_main():
         return
-    # the epoch kept: the best by the bound it trained on (an IWAE tail's epochs only, once it began)
-    trained_iwae = [m for m in run.metrics if m.get("heldout_neg_iwae") is not None]
-    best = min(trained_iwae or run.metrics, key=heldout_score)
+    best = best_epoch(run.metrics)
     bpd = "" if best["heldout_bits_per_dim"] is None else f" ({best['heldout_bits_per_dim']:.4f} bits/dim)"
-    iwae = "" if not trained_iwae else f", -IWAE bound {best['heldout_neg_iwae']:.2f}"
+    iwae = "" if best.get("heldout_neg_iwae") is None else f", -IWAE bound {best['heldout_neg_iwae']:.2f}"
     print(
         f"{run.run_dir}: best held-out -ELBO {best['heldout_neg_elbo']:.2f} nats{bpd}{iwae} at epoch "
         f"{int(best['epoch'])} of {int(run.metrics[-1]['epoch'])}, {run.metrics[-1]['seconds']:.1f} s of training"

@@ -127,7 +127,6 @@ def bits_per_dim(nats: float, model: LatentVariableModel) -> float | None:
     return None if model.spec.kind == "real" else nats / (model.spec.dim * math.log(2))
 
 
-@torch.no_grad()
 def evaluate_elbo(
     model: LatentVariableModel,
     x: torch.Tensor,
@@ -170,6 +169,13 @@ def heldout_score(row: dict[str, Any]) -> float:
     """What picks the best epoch: the held-out bound that epoch trained on (-IWAE where it was the IWAE bound)."""
     iwae = row.get("heldout_neg_iwae")
     return row["heldout_neg_elbo"] if iwae is None else iwae
+
+
+def best_epoch(metrics: list[dict[str, Any]]) -> dict[str, Any]:
+    """The metrics row of the epoch a run kept: by `heldout_score`, among the IWAE-trained epochs if there are
+    any (an IWAE tail's, which is how `Trainer._begin_tail` restarts the comparison)."""
+    trained_iwae = [m for m in metrics if m.get("heldout_neg_iwae") is not None]
+    return min(trained_iwae or metrics, key=heldout_score)
 
 
 @functools.cache
