@@ -50,6 +50,8 @@ VAEKIT = {
     "vaekit-hierarchical": dict(HIERARCHICAL),
     # the same recipe with a LayerNorm in each residual cell, which let a deeper model pay (12-minute pilots)
     "vaekit-hierarchical-ln": dict(HIERARCHICAL, layers=(32, 32, 16, 16, 8, 8), layer_norm=True),
+    # and transposed convolutions beside the dense output layer (--arch conv)
+    "vaekit-hierarchical-conv": dict(HIERARCHICAL, layers=(32, 32, 16, 16, 8, 8), layer_norm=True, arch="conv"),
 }
 PYTHAE = {
     "pythae-vae": ("vae", {}),

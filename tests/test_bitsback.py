@@ -151,6 +151,28 @@ def test_any_hierarchical_model_round_trips(shape, levels, bernoulli, layers, it
     _assert_round_trip(model, shape, levels, bernoulli, items, lanes, seed)
 
 
+@settings(max_examples=10, deadline=None)
+@given(
+    side=st.sampled_from([2, 3, 8]),  # 8 is halved before the transposed convolutions; 2 and 3 are not
+    channels=st.integers(1, 2),
+    levels=st.integers(2, 40),
+    bernoulli=st.booleans(),
+    items=st.integers(0, 4),
+    lanes=st.integers(1, 5),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_any_hierarchical_model_with_a_conv_head_round_trips(side, channels, levels, bernoulli, items, lanes, seed):
+    torch.manual_seed(seed)
+    shape = (channels, side, side)
+    spec = DataSpec("levels", shape, levels=levels)
+    config = ModelConfig.for_data(spec, "bernoulli" if bernoulli else None, "conv", hidden=(8,), layers=(2, 1))
+    model = build(config).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(0, 0.5)
+    _assert_round_trip(model, shape, levels, bernoulli, items, lanes, seed)
+
+
 def _assert_round_trip(model, shape, levels, bernoulli, items, lanes, seed):
     top = 2 if bernoulli else levels
     x = torch.randint(0, top, (items, *shape), generator=torch.Generator().manual_seed(seed)).float()

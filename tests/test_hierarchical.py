@@ -114,3 +114,56 @@ def test_layer_norm_needs_layers_and_a_boolean():
     recorded = ModelConfig.for_data(SPEC, "bernoulli", hidden=(8,), layers=(1, 1), layer_norm=True).to_dict()
     with pytest.raises(ValueError, match="layer_norm must be true or false"):
         ModelConfig.from_dict({**recorded, "layer_norm": "yes"})
+
+
+IMAGE = DataSpec("levels", (1, 2, 2), levels=2)  # 16 binary images: p(x) can be summed over all of them
+ALL_IMAGES = torch.tensor([[a, b, c, d] for a in (0, 1) for b in (0, 1) for c in (0, 1) for d in (0, 1)]).float()
+
+
+def tiny_conv(seed=0):
+    torch.manual_seed(seed)
+    model = build(ModelConfig.for_data(IMAGE, "bernoulli", "conv", hidden=(8,), layers=(1, 1)))
+    with torch.no_grad():
+        for p in model.parameters():  # the conv head's zero-initialised last layer too
+            p.add_(0.3 * torch.randn_like(p))
+        for p in model.posteriors.parameters():
+            p.mul_(0.3)
+    return model.eval()
+
+
+@torch.no_grad()
+def test_conv_head_model_is_a_normalised_density_and_importance_sampling_finds_it():
+    model = tiny_conv()
+    x = ALL_IMAGES.view(16, 1, 2, 2)
+    grid = torch.linspace(-12.0, 12.0, 601)
+    z = torch.stack(torch.meshgrid(grid, grid, indexing="ij"), -1).view(-1, 2)
+    log_lik = torch.stack([model.decode(z).log_prob(xi.expand(len(z), 1, 2, 2)) for xi in x])
+    exact = torch.logsumexp(log_lik + model.prior.log_prob(z), 1) + 2 * math.log((grid[1] - grid[0]).item())
+    assert abs(torch.logsumexp(exact, 0).item()) < 1e-3
+    est = model.importance_sampled(x, k=4000, generator=torch.Generator().manual_seed(1))
+    assert ((est.log_px - exact).abs() <= 4 * est.stderr + 1e-3).all()
+
+
+@torch.no_grad()
+def test_conv_head_starts_at_zero_and_keeps_leading_dimensions_apart():
+    torch.manual_seed(0)
+    spec = DataSpec("levels", (1, 8, 8), levels=2)
+    model = build(ModelConfig.for_data(spec, "bernoulli", "conv", hidden=(16,), layers=(3, 2)))
+    h = torch.randn(4, 5, 16)
+    assert torch.equal(model.out_conv(h), torch.zeros(4, 5, 64))  # a fresh model is the dense one
+    for p in model.out_conv.parameters():
+        p.add_(torch.randn_like(p))
+    together = model.out_conv(h)
+    apart = torch.stack([torch.stack([model.out_conv(h[i, j : j + 1])[0] for j in range(5)]) for i in range(4)])
+    assert together.abs().min() > 0 and torch.allclose(together, apart, atol=1e-5)
+
+
+def test_conv_head_from_the_command_line_trains_saves_and_loads(tmp_path):
+    out = tmp_path / "c"
+    args = ["train", "--data", "digits", "--out", out, "--layers", "4,2", "--hidden", "32", "--arch", "conv"]
+    assert main([str(a) for a in [*args, "--epochs", "2", "--quiet"]]) == 0
+    model = vaekit.load(out)
+    assert model.config.arch == "conv" and model.out_conv.conv[-1].weight.abs().sum() > 0  # trained and saved
+    assert torch.isfinite(model.log_likelihood(model.prepare(torch.randint(0, 17, (5, 1, 8, 8))), k=10)).all()
+    with pytest.raises(OptionError, match="needs image data"):
+        ModelConfig.for_data(SPEC, "bernoulli", "conv", hidden=(8,), layers=(1, 1))

@@ -156,7 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--likelihood", choices=LIKELIHOODS, help="default: fits the data (discretized_logistic for levels)")
     p.add_argument("--binarize", choices=("static", "dynamic"), help="binarise images and use a Bernoulli likelihood")
-    p.add_argument("--arch", choices=ARCHS, default="mlp", help="encoder/decoder family (default: mlp)")
+    p.add_argument(
+        "--arch",
+        choices=ARCHS,
+        default="mlp",
+        help="encoder/decoder family (default: mlp); with --layers, conv adds transposed convolutions to the output",
+    )
     p.add_argument("--latent", type=_positive_int, help="latent size (default: by data size)")
     p.add_argument("--hidden", type=_int_list, help="hidden layer sizes, e.g. 512,256")
     p.add_argument("--prior", choices=PRIORS, default="normal", help="normal, or vamp: the VampPrior (default normal)")

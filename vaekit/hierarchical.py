@@ -5,7 +5,7 @@
                     p(z_l | z_>l) = N(prior_l(h))          (the top layer's prior is N(0, I))
                     q(z_l | x, z_>l) = N(prior_l(h) + posterior_l(h, f_l))   a correction to the prior
                     h <- cell_l(h + merge_l(z_l))
-                p(x | z) from h
+                p(x | z) from h: a dense layer (plus transposed convolutions, for images, with arch "conv")
 
 Generation and inference share the top-down path (the generative model is the same network run without
 the bottom-up features), and the posterior is a residual on the prior, so at the start every KL is near
@@ -26,6 +26,7 @@ from torch import nn
 from vaekit.dist import DiagonalGaussian
 from vaekit.errors import OptionError
 from vaekit.models import ELBOResult, LatentVariableModel, LayerChoice, ModelConfig
+from vaekit.nn import ConvHead
 
 
 class ResidualCell(nn.Module):
@@ -63,6 +64,8 @@ class HierarchicalVAE(LatentVariableModel):
         self.merges = nn.ModuleList(nn.Linear(s, width) for s in sizes)
         self.top_down = nn.ModuleList(ResidualCell(width, config.layer_norm) for _ in sizes)
         self.out = nn.Linear(width, config.n_params * spec.dim)
+        # --arch conv: transposed convolutions beside the dense output, for images
+        self.out_conv = ConvHead(width, spec.shape, config.n_params) if config.arch == "conv" else None
         self._build_context()
         for layer in self.posteriors:  # the posterior starts as the prior
             nn.init.zeros_(layer.weight)
@@ -99,7 +102,8 @@ class HierarchicalVAE(LatentVariableModel):
         return list(z.split(self.sizes, dim=-1))
 
     def _likelihood_of(self, h: torch.Tensor):
-        return self._likelihood(self.out(h).view(*h.shape[:-1], -1, *self.spec.shape))
+        params = self.out(h) if self.out_conv is None else self.out(h) + self.out_conv(h)
+        return self._likelihood(params.view(*h.shape[:-1], -1, *self.spec.shape))
 
     # --- the model interface --------------------------------------------------------------------------------
     def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> DiagonalGaussian:

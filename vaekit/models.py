@@ -191,8 +191,8 @@ class ModelConfig:
         if layers:
             if min(layers) < 1:
                 raise OptionError(f"latent layer sizes must be >= 1, got {list(layers)}")
-            if prior != "normal" or classes or arch != "mlp":
-                raise OptionError("the hierarchical model is an MLP with its own priors and no labels")
+            if prior != "normal" or classes:
+                raise OptionError("the hierarchical model has its own priors and takes no labels")
             latent_dim = sum(layers)
         if latent_dim is None:
             latent_dim = 16 if d >= 256 else 8 if d >= 32 else max(1, d // 2)

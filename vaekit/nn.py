@@ -100,6 +100,33 @@ class ConvDecoder(nn.Module):
         return out.view(*z.shape[:-1], self.n_params, *self.shape)
 
 
+class ConvHead(nn.Module):
+    """Transposed convolutions (weights shared across the image) from a vector to `n_params` numbers per
+    data element, flat like a dense layer's output. A hierarchical model adds them to its dense output
+    layer; their last layer starts at zero, so the model starts as without them."""
+
+    def __init__(self, width: int, shape: tuple[int, ...], n_params: int, maps: int = 16):
+        super().__init__()
+        c, h, w = shape
+        n = downsamplings(h, w, most=2)  # two halvings: 28x28 starts at 7x7
+        self.start = (maps, h >> n, w >> n)
+        self.head = nn.Linear(width, math.prod(self.start))
+        layers: list[nn.Module] = []
+        for i in range(n):
+            outputs = c * n_params if i == n - 1 else maps
+            layers += [nn.SiLU(), nn.ConvTranspose2d(maps, outputs, 4, stride=2, padding=1)]
+        if n == 0:  # sides too small or odd to halve: one convolution at full size
+            layers += [nn.SiLU(), nn.Conv2d(maps, c * n_params, 3, padding=1)]
+        nn.init.zeros_(layers[-1].weight)
+        nn.init.zeros_(layers[-1].bias)
+        self.conv = nn.Sequential(*layers)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """(..., width) -> (..., n_params * channels * height * width), flat like a dense layer's output."""
+        out = self.conv(self.head(h).reshape(-1, *self.start))
+        return out.reshape(*h.shape[:-1], -1)
+
+
 class CausalContext(nn.Module):
     """A function of the pixels before each one in raster order (PixelCNN's mask A, Van den Oord et al.
     2016: all channels of the earlier pixels within `radius`, none of the pixel's own) that adjusts each
