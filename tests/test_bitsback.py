@@ -144,11 +144,7 @@ def test_any_hierarchical_model_round_trips(shape, levels, bernoulli, layers, it
     torch.manual_seed(seed)
     spec = DataSpec("levels", tuple(shape), levels=levels)
     config = ModelConfig.for_data(spec, "bernoulli" if bernoulli else None, hidden=(8,), layers=tuple(layers))
-    model = build(config).eval()
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.normal_(0, 0.5)
-    _assert_round_trip(model, shape, levels, bernoulli, items, lanes, seed)
+    _assert_round_trip(_with_random_weights(build(config)), shape, levels, bernoulli, items, lanes, seed)
 
 
 @settings(max_examples=10, deadline=None)
@@ -166,11 +162,14 @@ def test_any_hierarchical_model_with_a_conv_head_round_trips(side, channels, lev
     shape = (channels, side, side)
     spec = DataSpec("levels", shape, levels=levels)
     config = ModelConfig.for_data(spec, "bernoulli" if bernoulli else None, "conv", hidden=(8,), layers=(2, 1))
-    model = build(config).eval()
+    _assert_round_trip(_with_random_weights(build(config)), shape, levels, bernoulli, items, lanes, seed)
+
+
+def _with_random_weights(model):
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.normal_(0, 0.5)
-    _assert_round_trip(model, shape, levels, bernoulli, items, lanes, seed)
+    return model.eval()
 
 
 def _assert_round_trip(model, shape, levels, bernoulli, items, lanes, seed):

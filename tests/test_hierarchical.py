@@ -15,10 +15,10 @@ from vaekit.models import ModelConfig, build
 SPEC = DataSpec("levels", (3,), levels=2)
 
 
-def tiny(seed=0, layer_norm=False):
-    """Two stochastic layers of one dimension each over three binary pixels, with random weights."""
+def tiny(seed=0, layer_norm=False, spec=SPEC, arch="mlp"):
+    """Two stochastic layers of one dimension each over a few binary pixels, with random weights."""
     torch.manual_seed(seed)
-    config = ModelConfig.for_data(SPEC, "bernoulli", latent_dim=None, hidden=(8,), layers=(1, 1), layer_norm=layer_norm)
+    config = ModelConfig.for_data(spec, "bernoulli", arch, hidden=(8,), layers=(1, 1), layer_norm=layer_norm)
     model = build(config)
     with torch.no_grad():
         for p in model.parameters():  # the zero-initialised layers too, so that every path matters
@@ -38,7 +38,7 @@ def log_px_by_quadrature(model, x, points=601, extent=12.0):
     step = (grid[1] - grid[0]).item()
     z = torch.stack(torch.meshgrid(grid, grid, indexing="ij"), -1).view(-1, 2)  # (z1, z2) pairs
     log_joint = model.prior.log_prob(z)  # p(z1|z2) p(z2) along the shared top-down path
-    log_lik = torch.stack([model.decode(z).log_prob(xi.expand(len(z), 3)) for xi in x])
+    log_lik = torch.stack([model.decode(z).log_prob(xi.expand(len(z), *xi.shape)) for xi in x])
     return torch.logsumexp(log_lik + log_joint, 1) + 2 * math.log(step)
 
 
@@ -120,25 +120,11 @@ IMAGE = DataSpec("levels", (1, 2, 2), levels=2)  # 16 binary images: p(x) can be
 ALL_IMAGES = torch.tensor([[a, b, c, d] for a in (0, 1) for b in (0, 1) for c in (0, 1) for d in (0, 1)]).float()
 
 
-def tiny_conv(seed=0):
-    torch.manual_seed(seed)
-    model = build(ModelConfig.for_data(IMAGE, "bernoulli", "conv", hidden=(8,), layers=(1, 1)))
-    with torch.no_grad():
-        for p in model.parameters():  # the conv head's zero-initialised last layer too
-            p.add_(0.3 * torch.randn_like(p))
-        for p in model.posteriors.parameters():
-            p.mul_(0.3)
-    return model.eval()
-
-
 @torch.no_grad()
 def test_conv_head_model_is_a_normalised_density_and_importance_sampling_finds_it():
-    model = tiny_conv()
+    model = tiny(spec=IMAGE, arch="conv")  # the conv head's zero-initialised last layer made random too
     x = ALL_IMAGES.view(16, 1, 2, 2)
-    grid = torch.linspace(-12.0, 12.0, 601)
-    z = torch.stack(torch.meshgrid(grid, grid, indexing="ij"), -1).view(-1, 2)
-    log_lik = torch.stack([model.decode(z).log_prob(xi.expand(len(z), 1, 2, 2)) for xi in x])
-    exact = torch.logsumexp(log_lik + model.prior.log_prob(z), 1) + 2 * math.log((grid[1] - grid[0]).item())
+    exact = log_px_by_quadrature(model, x)
     assert abs(torch.logsumexp(exact, 0).item()) < 1e-3
     est = model.importance_sampled(x, k=4000, generator=torch.Generator().manual_seed(1))
     assert ((est.log_px - exact).abs() <= 4 * est.stderr + 1e-3).all()
