@@ -101,7 +101,10 @@ def measure(name: str, source: str, budget: float, k: int, out: Path) -> dict:
     x = model.prepare(test.x, torch.Generator().manual_seed(EVAL_SEED))
     with torch.no_grad():
         elbo = evaluate_elbo(model, x, generator=torch.Generator().manual_seed(EVAL_SEED))
-        nll = negative_log_likelihood(model, x, k)
+        # saved as it goes, so that in a kept run folder (--runs) an evaluation cut short goes on where it
+        # stopped; not for pythae's models, which are trained afresh each time (an old file would be refused)
+        checkpoint = out / name / f"test-nll-k{k}.safetensors" if name in VAEKIT else None
+        nll = negative_log_likelihood(model, x, k, checkpoint=checkpoint)
     return {
         "train_seconds": seconds,
         "epochs": epochs,
@@ -126,7 +129,8 @@ def main() -> None:
     parser.add_argument(
         "--runs",
         help="keep vaekit's run folders here (default: a temporary folder); a run found there that was cut "
-        "short is resumed from its checkpoint, so a long budget can be trained over several sittings",
+        "short is resumed from its checkpoint, and so is its test evaluation, so that a long budget can be "
+        "trained and evaluated over several sittings",
     )
     parser.add_argument("--force", action="store_true", help="measure models the results file already holds")
     args = parser.parse_args()

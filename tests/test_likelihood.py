@@ -8,6 +8,8 @@ from torch.distributions import MultivariateNormal
 
 from vaekit.data import DataSpec
 from vaekit.dist import DiagonalGaussian, GaussianMixture
+from vaekit.errors import VaekitError
+from vaekit.evaluate import negative_log_likelihood
 from vaekit.importance import RunningLogMeanExp
 from vaekit.models import VAE, ModelConfig
 
@@ -145,3 +147,58 @@ def test_iwae_bound_lies_between_the_elbo_and_log_px_and_tightens_with_k(k):
         assert ((bound - elbo).abs() <= 4 * torch.sqrt(bound_se**2 + elbo_se**2)).all()
     else:
         assert (bound > elbo).all()
+
+
+class Interrupted(Exception):
+    pass
+
+
+def interrupt_after(model, calls: int):
+    """Make the model's importance sampler fail on call number `calls` + 1, as a killed process would."""
+    sampler, count = model.importance_sampled, [0]
+
+    def sample(*args):
+        count[0] += 1
+        if count[0] > calls:
+            raise Interrupted
+        return sampler(*args)
+
+    model.importance_sampled = sample
+    return count
+
+
+def test_an_interrupted_nll_resumes_from_its_checkpoint_to_the_unbroken_runs_exact_figures(tmp_path):
+    model, w, b = ppca(perturb=True)
+    x, file = data(w, b, n=40), tmp_path / "nll.safetensors"
+    unbroken = negative_log_likelihood(model, x, 200, batch_size=8, progress=False)
+    assert unbroken["nll"] == pytest.approx(-float(exact_log_px(x, w, b).mean()), abs=5 * unbroken["nll_stderr"] + 0.01)
+
+    interrupt_after(model, 3)
+    with pytest.raises(Interrupted):
+        negative_log_likelihood(model, x, 200, batch_size=8, progress=False, checkpoint=file, checkpoint_seconds=0)
+    del model.importance_sampled
+    calls = interrupt_after(model, 99)
+    resumed = negative_log_likelihood(model, x, 200, batch_size=8, progress=False, checkpoint=file)
+    assert calls[0] == 2  # batches 4 and 5 of 5: the first three came from the file
+    assert resumed == unbroken  # the same samples, so the same figures to the last bit
+
+    calls[0] = 0
+    assert negative_log_likelihood(model, x, 200, batch_size=8, progress=False, checkpoint=file) == unbroken
+    assert calls[0] == 0  # a finished file answers without sampling
+
+
+def test_an_nll_checkpoint_is_refused_for_other_settings_or_weights_and_when_corrupt(tmp_path):
+    model, w, b = ppca(perturb=True)
+    x, file = data(w, b, n=16), tmp_path / "nll.safetensors"
+    negative_log_likelihood(model, x, 50, batch_size=8, progress=False, checkpoint=file)
+    for changed in (dict(k=51), dict(batch_size=4), dict(seed=1), dict(x=x + 0.5)):
+        options = dict(model=model, x=x, k=50, batch_size=8, progress=False, checkpoint=file) | changed
+        with pytest.raises(VaekitError, match="saved for another model, data set, k, seed or batch size"):
+            negative_log_likelihood(**options)
+    with torch.no_grad():
+        model.decoder.net[0].bias[0] += 1e-3
+    with pytest.raises(VaekitError, match=str(file)):
+        negative_log_likelihood(model, x, 50, batch_size=8, progress=False, checkpoint=file)
+    file.write_bytes(b"not a checkpoint")
+    with pytest.raises(VaekitError, match="not a readable log-likelihood checkpoint"):
+        negative_log_likelihood(model, x, 50, batch_size=8, progress=False, checkpoint=file)

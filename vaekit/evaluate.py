@@ -3,13 +3,21 @@ log-likelihood, bits/dim, active units, a linear probe."""
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
+import time
+from pathlib import Path
 
 import numpy as np
+import safetensors
 import torch
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
+from vaekit import io as model_io
 from vaekit.data import Dataset
+from vaekit.errors import VaekitError
 from vaekit.models import LatentVariableModel
 from vaekit.trainer import EVAL_SEED, bits_per_dim, evaluate_elbo, labels_for
 
@@ -66,29 +74,87 @@ def negative_log_likelihood(
     seed: int = EVAL_SEED,
     batch_size: int | None = None,
     progress: bool = True,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_seconds: float = 60.0,
 ) -> dict[str, float | int]:
     """Mean importance-sampled -log p(x) over model-space data x, in nats, with its standard error.
 
     `nll_stderr` is the standard error of the mean from the importance sampling alone (the items are
     fixed): sqrt(sum of the per-item squared standard errors) / n.
+
+    With `checkpoint` (a file), the estimates so far and the random state are saved there about every
+    `checkpoint_seconds` and at the end, and a call that finds the file goes on where it stopped, with
+    the very samples an unbroken run draws. The file is refused for another model, data, k, seed or
+    batch size.
     """
     batch_size = batch_size or max(1, min(len(x), 256))
     generator = torch.Generator(x.device).manual_seed(seed)
     log_px, variance = torch.zeros(len(x), dtype=torch.float64), torch.zeros(len(x), dtype=torch.float64)
+    done = 0
+    if checkpoint is not None:
+        checkpoint = Path(checkpoint)
+        fingerprint = _fingerprint(model, x, y, k, seed, batch_size)
+        done = _resume(checkpoint, fingerprint, log_px, variance, generator)
+        saved_at = time.monotonic()
     with tqdm(
-        total=len(x), unit="item", desc=f"log p(x), k={k}", leave=False, disable=None if progress else True
+        total=len(x),
+        initial=done,
+        unit="item",
+        desc=f"log p(x), k={k}",
+        leave=False,
+        disable=None if progress else True,
     ) as bar:
-        for start in range(0, len(x), batch_size):
+        for start in range(done, len(x), batch_size):
             part = slice(start, start + batch_size)
             est = model.importance_sampled(x[part].float(), k, None if y is None else y[part], generator)
             log_px[part], variance[part] = est.log_px.cpu(), est.stderr.cpu() ** 2
             bar.update(len(est.log_px))
+            done = min(len(x), start + batch_size)
+            if checkpoint is not None and (done == len(x) or time.monotonic() - saved_at >= checkpoint_seconds):
+                _save_progress(checkpoint, fingerprint, done, log_px, variance, generator)
+                saved_at = time.monotonic()
     nll = -float(log_px.mean())
     result: dict[str, float | int] = {"nll": nll, "nll_stderr": math.sqrt(float(variance.sum())) / len(x), "nll_k": k}
     bpd = bits_per_dim(nll, model)
     if bpd is not None:
         result["nll_bits_per_dim"] = bpd
     return result
+
+
+def _fingerprint(model: LatentVariableModel, x: torch.Tensor, y: torch.Tensor | None, *settings) -> str:
+    """A digest of everything the estimates depend on: weights, data, labels and the sampling settings."""
+    digest = hashlib.sha256(repr(settings).encode())
+    tensors = [*sorted(model.state_dict().items()), ("x", x), ("y", y)]
+    for name, tensor in tensors:
+        if tensor is not None:
+            digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+            digest.update(tensor.detach().cpu().contiguous().flatten().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _resume(path: Path, fingerprint: str, log_px, variance, generator: torch.Generator) -> int:
+    """Fill in the estimates saved at `path` and restore the random state; return how many items are done."""
+    if not path.exists():
+        return 0
+    try:
+        with safetensors.safe_open(str(path), "pt") as f:
+            metadata = f.metadata() or {}
+        saved = load_file(str(path))
+        done = int(metadata["done"])
+    except (safetensors.SafetensorError, OSError, ValueError, KeyError) as e:
+        raise VaekitError(f"{path}: not a readable log-likelihood checkpoint ({e}); delete it to start over") from None
+    if metadata.get("fingerprint") != fingerprint:
+        raise VaekitError(
+            f"{path}: saved for another model, data set, k, seed or batch size; delete it or choose another file"
+        )
+    log_px[:done], variance[:done] = saved["log_px"][:done], saved["variance"][:done]
+    generator.set_state(saved["generator"])
+    return done
+
+
+def _save_progress(path: Path, fingerprint: str, done: int, log_px, variance, generator: torch.Generator) -> None:
+    tensors = {"log_px": log_px, "variance": variance, "generator": generator.get_state()}
+    model_io.save_weights(path, tensors, metadata={"fingerprint": fingerprint, "done": str(done)})
 
 
 def probe_accuracy(z: np.ndarray, labels: np.ndarray, seed: int = 0) -> float | None:
