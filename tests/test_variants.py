@@ -92,6 +92,21 @@ def test_every_update_above_the_skip_threshold_is_skipped(tmp_path):
     assert all(torch.allclose(skipped[k], untouched[k]) for k in skipped)
 
 
+def test_training_stops_with_a_clear_error_when_every_update_is_skipped_for_long(tmp_path, monkeypatch):
+    limit = train_module.SKIPPED_IN_A_ROW
+    with pytest.raises(
+        train_module.TrainingError, match=f"{limit} steps in a row, up to epoch 1, step {limit},.*1e-06"
+    ):
+        vaekit.train("digits", tmp_path / "s", skip_threshold=1e-6, epochs=2, batch_size=8, **SMALL)
+
+    # outliers that come and go do not add up to a stop
+    norms = iter([1.0, 1e9] * 10_000)
+    monkeypatch.setattr(train_module, "SKIPPED_IN_A_ROW", 2)
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda params, max_norm: torch.tensor(next(norms)))
+    run = vaekit.train("digits", tmp_path / "t", skip_threshold=10.0, epochs=2, batch_size=8, **SMALL)
+    assert run.metrics[-1]["skipped_updates"] == run.metrics[-1]["step"] // 2
+
+
 def test_time_budget_ends_training_on_time_with_the_learning_rate_decayed(tmp_path, monkeypatch):
     rates = []
     original = train_module.Trainer._step

@@ -227,7 +227,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=_finite_float, default=0.0, help="KL warm-up epochs (linear from 0 to beta)")
     p.add_argument("--free-bits", type=_finite_float, default=0.0, help="nats per latent dimension left unpenalised")
     p.add_argument("--clip-grad", type=_finite_float, help="clip the gradient norm to this value")
-    p.add_argument("--skip-threshold", type=_finite_float, help="skip updates whose gradient norm exceeds this")
+    p.add_argument(
+        "--skip-threshold",
+        type=_finite_float,
+        help="skip updates whose gradient norm exceeds this; 100 skipped in a row stop training",
+    )
     p.add_argument(
         "--on-nan", choices=ON_NAN, default="stop",
         help="a NaN/inf loss or gradient: stop, naming the epoch and step (default), or skip that update",

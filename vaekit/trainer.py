@@ -46,6 +46,8 @@ OBJECTIVES = ("elbo", "iwae")
 ON_NAN = ("stop", "skip")
 MAX_SEED = 2**63 - 1  # what torch.Generator.manual_seed takes
 NONFINITE_IN_A_ROW = 100  # under --on-nan skip, this many non-finite steps in a row stop training: it will not recover
+# and this many updates in a row above --skip-threshold: the model is stuck where every gradient is an 'outlier'
+SKIPPED_IN_A_ROW = 100
 DEEP_LR_WARMUP = 200  # steps: without a warm-up, the default hierarchical recipe diverged in its first epoch
 ADAM_BETAS = (0.9, 0.99)  # a shorter second-moment memory than the usual 0.999: measured faster to a target -ELBO
 
@@ -263,7 +265,7 @@ class Trainer:
         # where an IWAE tail began: its step, and the progress (0..1) of the learning-rate schedule there
         self.tail_start: int | None = None
         self.tail_progress = 0.0
-        self._nonfinite_in_a_row = 0
+        self._nonfinite_in_a_row = self._skipped_in_a_row = 0
         self.seconds, self.wall = 0.0, 0.0  # optimisation time; wall-clock time of training, evaluation and saving
         self._best_state: dict[str, torch.Tensor] | None = None  # best weights not yet written
         self._last_save = self._last_epoch_end = -math.inf
@@ -470,7 +472,15 @@ class Trainer:
             return None
         if cfg.skip_threshold is not None and not norm <= cfg.skip_threshold:  # also NaN: an outlier update
             self.skipped += 1  # would undo many good ones
+            self._skipped_in_a_row += 1
+            if self._skipped_in_a_row >= SKIPPED_IN_A_ROW:
+                raise TrainingError(
+                    f"every update for {SKIPPED_IN_A_ROW} steps in a row, up to epoch {self.epoch + 1}, step "
+                    f"{self.step + 1}, had a gradient norm above the skip threshold of {cfg.skip_threshold:g} (the "
+                    f"last: {float(norm):.4g}), so the model cannot move: raise --skip-threshold or lower --lr"
+                )
             return loss.detach(), r
+        self._skipped_in_a_row = 0
         if cfg.clip_grad is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
         self.optimizer.step()
