@@ -40,6 +40,21 @@ def test_vampprior_trains_samples_and_its_nll_lies_below_its_negative_elbo(tmp_p
     )
 
 
+def test_evaluate_nll_checkpoint_gives_the_same_figures_again_and_refuses_another_k(tmp_path, capsys):
+    run = vaekit.train("digits", tmp_path / "v", epochs=1, **SMALL)
+    file, first, again = tmp_path / "nll.safetensors", tmp_path / "1.json", tmp_path / "2.json"
+    for out in (first, again):
+        assert (
+            run_cli("evaluate", run.run_dir, "--nll", "--k", 32, "--no-probe", "--nll-checkpoint", file, "-o", out) == 0
+        )
+    assert json.loads(first.read_text()) == json.loads(again.read_text())
+    capsys.readouterr()
+    assert run_cli("evaluate", run.run_dir, "--nll", "--k", 33, "--no-probe", "--nll-checkpoint", file) == 1
+    assert f"{file}: saved for another model" in capsys.readouterr().err
+    assert run_cli("evaluate", run.run_dir, "--nll-checkpoint", file) == 1
+    assert "--nll-checkpoint needs --nll" in capsys.readouterr().err
+
+
 def test_vampprior_refuses_free_bits(tmp_path):
     with pytest.raises(OptionError, match="free bits"):
         vaekit.train("digits", tmp_path / "v", prior="vamp", free_bits=0.1, epochs=1, **SMALL)

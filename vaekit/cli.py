@@ -325,6 +325,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-probe", action="store_true", help="skip the logistic-regression probe")
     p.add_argument("--nll", action="store_true", help="add the importance-sampled negative log-likelihood")
     p.add_argument("--k", type=_positive_int, default=1000, help="importance samples per item for --nll (default 1000)")
+    p.add_argument(
+        "--nll-checkpoint",
+        metavar="FILE",
+        help="with --nll: save its estimates here every minute (.safetensors), and go on from this file if a "
+        "run was cut short; a finished file gives the figures at once",
+    )
     p.add_argument("-o", "--output", help="write the metrics as JSON")
 
     p = command(
@@ -557,12 +563,17 @@ def _encode(args) -> None:
 def _evaluate(args) -> None:
     if args.output:
         _check_suffix(args.output, (".json",))
+    if args.nll_checkpoint:
+        if not args.nll:
+            raise OptionError("--nll-checkpoint needs --nll")
+        _check_suffix(args.nll_checkpoint, (".safetensors",))
     model, dataset = _load_run(args)
+    nll = dict(nll_k=args.k, nll_checkpoint=args.nll_checkpoint) if args.nll else {}
     result = {
         "run": str(args.run),
         "data": dataset.source,
         "split": args.split,
-        **evaluate(model, dataset, probe=not args.no_probe, nll_k=args.k if args.nll else None),
+        **evaluate(model, dataset, probe=not args.no_probe, **nll),
     }
     width = max(len(k) for k in result)
     for key, value in result.items():

@@ -38,11 +38,17 @@ def encode_means(
 
 
 def evaluate(
-    model: LatentVariableModel, data: Dataset, probe: bool = True, seed: int = EVAL_SEED, nll_k: int | None = None
+    model: LatentVariableModel,
+    data: Dataset,
+    probe: bool = True,
+    seed: int = EVAL_SEED,
+    nll_k: int | None = None,
+    nll_checkpoint: str | os.PathLike | None = None,
 ) -> dict[str, float | int | str]:
     """Per-example means in nats (and bits/dim) over `data`; Bernoulli models see one seeded binarisation.
 
-    nll_k: also the importance-sampled negative log-likelihood with this many samples per item.
+    nll_k: also the importance-sampled negative log-likelihood with this many samples per item;
+    nll_checkpoint: a file to save it in as it goes and to resume it from (see negative_log_likelihood).
     """
     x = model.prepare(data.x, torch.Generator().manual_seed(seed))
     y = labels_for(model, data)
@@ -55,7 +61,7 @@ def evaluate(
     if bpd is not None:
         result["bits_per_dim"] = bpd
     if nll_k is not None:
-        result.update(negative_log_likelihood(model, x, nll_k, y, seed))
+        result.update(negative_log_likelihood(model, x, nll_k, y, seed, checkpoint=nll_checkpoint))
     means, _ = encode_means(model, x, y)
     result["active_units"] = int((means.var(0) > ACTIVE_UNIT_THRESHOLD).sum()) if len(data) > 1 else 0
     result["latent_dim"] = model.latent_dim
