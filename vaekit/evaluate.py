@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import safetensors
 import torch
-from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from vaekit import io as model_io
@@ -143,9 +142,9 @@ def _resume(path: Path, fingerprint: str, log_px, variance, generator: torch.Gen
     if not path.exists():
         return 0
     try:
-        with safetensors.safe_open(str(path), "pt") as f:
+        with safetensors.safe_open(str(path), "pt") as f:  # one read: the metadata and the tensors
             metadata = f.metadata() or {}
-        saved = load_file(str(path))
+            saved = {name: f.get_tensor(name) for name in ("log_px", "variance", "generator")}
         done = int(metadata["done"])
     except (safetensors.SafetensorError, OSError, ValueError, KeyError) as e:
         raise VaekitError(f"{path}: not a readable log-likelihood checkpoint ({e}); delete it to start over") from None
