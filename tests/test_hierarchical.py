@@ -11,6 +11,7 @@ from vaekit.cli import main
 from vaekit.data import DataSpec
 from vaekit.errors import OptionError
 from vaekit.models import ModelConfig, build
+from vaekit.nn import latent_grid
 
 SPEC = DataSpec("levels", (3,), levels=2)
 
@@ -153,3 +154,53 @@ def test_conv_head_from_the_command_line_trains_saves_and_loads(tmp_path):
     assert torch.isfinite(model.log_likelihood(model.prepare(torch.randint(0, 17, (5, 1, 8, 8))), k=10)).all()
     with pytest.raises(OptionError, match="needs image data"):
         ModelConfig.for_data(SPEC, "bernoulli", "conv", hidden=(8,), layers=(1, 1))
+
+
+TWO_CHANNELS = DataSpec("levels", (2, 1, 1), levels=2)  # a one-pixel image of two binary channels: 1x1 maps
+ALL_PIXELS = torch.tensor([[a, b] for a in (0, 1) for b in (0, 1)]).float().view(4, 2, 1, 1)
+
+
+@pytest.mark.parametrize("layer_norm", [False, True])
+@torch.no_grad()
+def test_spatial_model_is_a_normalised_density_and_importance_sampling_finds_it(layer_norm):
+    model = tiny(spec=TWO_CHANNELS, arch="spatial", layer_norm=layer_norm)  # two latent maps of one value
+    exact = log_px_by_quadrature(model, ALL_PIXELS)
+    assert abs(torch.logsumexp(exact, 0).item()) < 1e-3
+    est = model.importance_sampled(ALL_PIXELS, k=4000, generator=torch.Generator().manual_seed(1))
+    assert ((est.log_px - exact).abs() <= 4 * est.stderr + 1e-3).all()
+
+
+@torch.no_grad()
+def test_spatial_model_has_latent_maps_starts_with_q_at_p_and_keeps_samples_apart():
+    assert [latent_grid(shape) for shape in [(1, 28, 28), (3, 32, 32), (1, 8, 8), (1, 6, 6)]] == [
+        (7, 7), (8, 8), (4, 4), (6, 6)
+    ]  # fmt: skip
+    torch.manual_seed(0)
+    spec = DataSpec("levels", (1, 8, 8), levels=2)
+    model = build(ModelConfig.for_data(spec, "bernoulli", "spatial", hidden=(6,), layers=(3, 2)))
+    assert model.latent_dim == (3 + 2) * 16 and model.sizes == (48, 32)
+    x = torch.randint(0, 2, (4, 1, 8, 8)).float()
+    assert torch.equal(model.elbo(x).kl, torch.zeros(4))  # each posterior starts as its prior
+    for p in model.parameters():
+        p.add_(0.3 * torch.randn_like(p))
+    noise = torch.randn(3, 4, model.latent_dim)
+    log_px_z, log_ratio = model.log_weights(x, noise)
+    one_by_one = [model.log_weights(x, noise[i]) for i in range(3)]
+    assert torch.allclose(log_px_z, torch.stack([a for a, _ in one_by_one]), atol=1e-4)
+    assert torch.allclose(log_ratio, torch.stack([b for _, b in one_by_one]), atol=1e-4)
+    assert log_ratio.abs().min() > 0  # q now differs from p
+
+
+def test_spatial_model_from_the_command_line_trains_saves_and_loads(tmp_path):
+    out = tmp_path / "s"
+    args = ["train", "--data", "digits", "--out", out, "--layers", "2,1", "--hidden", "8", "--arch", "spatial"]
+    assert main([str(a) for a in [*args, "--epochs", "2", "--quiet"]]) == 0
+    model = vaekit.load(out)
+    assert model.config.arch == "spatial" and model.latent_dim == 3 * 16  # digits are 8x8: 4x4 maps
+    assert model.posteriors[0].module.weight.abs().sum() > 0  # trained and saved
+    assert torch.isfinite(model.log_likelihood(model.prepare(torch.randint(0, 17, (5, 1, 8, 8))), k=10)).all()
+    assert model.sample(2).shape == (2, 1, 8, 8)
+    with pytest.raises(OptionError, match="needs image data"):
+        ModelConfig.for_data(SPEC, "bernoulli", "spatial", hidden=(8,), layers=(1, 1))
+    with pytest.raises(OptionError, match="give its latent layers"):
+        ModelConfig.for_data(IMAGE, "bernoulli", "spatial", hidden=(8,))

@@ -160,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--arch",
         choices=ARCHS,
         default="mlp",
-        help="encoder/decoder family (default: mlp); with --layers, conv adds transposed convolutions to the output",
+        help="encoder/decoder family (default: mlp); with --layers, conv adds transposed convolutions to the output "
+        "and spatial makes every latent layer maps (--layers: their channels, --hidden: the paths' channels)",
     )
     p.add_argument("--latent", type=_positive_int, help="latent size (default: by data size)")
     p.add_argument("--hidden", type=_int_list, help="hidden layer sizes, e.g. 512,256")

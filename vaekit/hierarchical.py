@@ -72,8 +72,15 @@ class HierarchicalVAE(LatentVariableModel):
             nn.init.zeros_(layer.bias)
 
     # --- the two paths -----------------------------------------------------------------------------------
+    def _embedding(self, x: torch.Tensor) -> torch.Tensor:
+        return self.embed(self._encoder_input(x).flatten(1))
+
+    def _lead(self, h: torch.Tensor) -> tuple[int, ...]:
+        """The leading (batch, sample) dimensions of a top-down state."""
+        return tuple(h.shape[: h.dim() - self.start.dim()])
+
     def _features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        f = self.embed(self._encoder_input(x).flatten(1))
+        f = self._embedding(x)
         features = []
         for cell in self.bottom_up:
             f = cell(f)
@@ -82,20 +89,21 @@ class HierarchicalVAE(LatentVariableModel):
 
     def _prior(self, layer: int, h: torch.Tensor) -> DiagonalGaussian:
         if layer == len(self.sizes) - 1:
-            zeros = torch.zeros(*h.shape[:-1], self.sizes[layer], device=h.device)
+            zeros = torch.zeros(*self._lead(h), self.sizes[layer], device=h.device)
             return DiagonalGaussian(zeros, zeros)
         return _gaussian(self.priors[layer](h))
 
     def _descend(self, lead: tuple[int, ...], choose) -> torch.Tensor:
         """Run the top-down path; `choose(layer, h, prior)` returns z_l. Returns the final state h."""
-        h = self.start.expand(*lead, -1)
+        h = self.start.expand(*lead, *self.start.shape)
         for layer in reversed(range(len(self.sizes))):
             z = choose(layer, h, self._prior(layer, h))
             h = self.top_down[layer](h + self.merges[layer](z.to(h.dtype)))
         return h
 
     def _posterior(self, layer: int, h: torch.Tensor, f: torch.Tensor, prior: DiagonalGaussian) -> DiagonalGaussian:
-        delta_mean, delta_logvar = self.posteriors[layer](torch.cat([h, f.expand_as(h)], -1)).float().chunk(2, -1)
+        joined = torch.cat([h, f.expand_as(h)], -self.start.dim())  # along the features (or channels)
+        delta_mean, delta_logvar = self.posteriors[layer](joined).float().chunk(2, -1)
         return DiagonalGaussian(prior.mean + delta_mean, (prior.logvar + delta_logvar).clamp(-30.0, 20.0))
 
     def _split(self, z: torch.Tensor) -> list[torch.Tensor]:
@@ -103,7 +111,7 @@ class HierarchicalVAE(LatentVariableModel):
 
     def _likelihood_of(self, h: torch.Tensor):
         params = self.out(h) if self.out_conv is None else self.out(h) + self.out_conv(h)
-        return self._likelihood(params.view(*h.shape[:-1], -1, *self.spec.shape))
+        return self._likelihood(params.view(*self._lead(h), -1, *self.spec.shape))
 
     # --- the model interface --------------------------------------------------------------------------------
     def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> DiagonalGaussian:

@@ -41,7 +41,7 @@ from vaekit.importance import ISEstimate, RunningLogMeanExp
 # choose(layer, prior, posterior) -> z: see LatentVariableModel.descend
 LayerChoice = Callable[[int, DiagonalGaussian | None, DiagonalGaussian | None], torch.Tensor]
 LIKELIHOODS = ("discretized_logistic", "bernoulli", "gaussian")
-ARCHS = ("mlp", "conv")
+ARCHS = ("mlp", "conv", "spatial")  # spatial: a hierarchical model with latent maps
 PRIORS = ("normal", "vamp")
 _N_PARAMS = {"discretized_logistic": 2, "bernoulli": 1, "gaussian": 2}
 MAX_CONTEXT = 3  # the causal neighbourhood's radius: 24 pixels at 3, and code tables stay exact (see codec)
@@ -155,8 +155,10 @@ class ModelConfig:
             raise OptionError(f"the {likelihood} likelihood does not fit {spec.kind} data")
         if arch not in ARCHS:
             raise OptionError(f"unknown architecture {arch!r}: choose from {', '.join(ARCHS)}")
-        if arch == "conv" and not spec.is_image:
-            raise OptionError("the conv architecture needs image data (channels, height, width)")
+        if arch in ("conv", "spatial") and not spec.is_image:
+            raise OptionError(f"the {arch} architecture needs image data (channels, height, width)")
+        if arch == "spatial" and not layers:
+            raise OptionError("the spatial architecture is a hierarchical model: give its latent layers (--layers)")
         if prior not in PRIORS:
             raise OptionError(f"unknown prior {prior!r}: choose from {', '.join(PRIORS)}")
         if pseudo_inputs < 1:
@@ -194,6 +196,8 @@ class ModelConfig:
             if prior != "normal" or classes:
                 raise OptionError("the hierarchical model has its own priors and takes no labels")
             latent_dim = sum(layers)
+            if arch == "spatial":  # each layer is that many maps on the grid
+                latent_dim *= math.prod(blocks.latent_grid(spec.shape))
         if latent_dim is None:
             latent_dim = 16 if d >= 256 else 8 if d >= 32 else max(1, d // 2)
         if latent_dim < 1:
@@ -209,6 +213,10 @@ class ModelConfig:
 
 def build(config: ModelConfig) -> LatentVariableModel:
     """The model a config describes."""
+    if config.arch == "spatial":
+        from vaekit.spatial import SpatialHierarchicalVAE  # it builds on this module
+
+        return SpatialHierarchicalVAE(config)
     if config.layers:
         from vaekit.hierarchical import HierarchicalVAE  # it builds on this module
 

@@ -55,6 +55,13 @@ def downsamplings(height: int, width: int, most: int = 3) -> int:
     return n
 
 
+def latent_grid(shape: tuple[int, ...]) -> tuple[int, int]:
+    """The sides of the latent maps of images of `shape` (channels, height, width): up to two halvings."""
+    _, height, width = shape
+    n = downsamplings(height, width, most=2)
+    return height >> n, width >> n
+
+
 class ConvEncoder(nn.Module):
     def __init__(
         self, shape: tuple[int, ...], latent_dim: int, hidden: tuple[int, ...], extra: int = 0, channels: int = 32
