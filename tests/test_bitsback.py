@@ -147,7 +147,7 @@ def test_any_hierarchical_model_round_trips(shape, levels, bernoulli, layers, it
     _assert_round_trip(_with_random_weights(build(config)), shape, levels, bernoulli, items, lanes, seed)
 
 
-@settings(max_examples=10, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(
     side=st.sampled_from([2, 3, 8]),  # 8 is halved before the transposed convolutions; 2 and 3 are not
     channels=st.integers(1, 2),
@@ -156,12 +156,13 @@ def test_any_hierarchical_model_round_trips(shape, levels, bernoulli, layers, it
     items=st.integers(0, 4),
     lanes=st.integers(1, 5),
     seed=st.integers(0, 2**31 - 1),
+    arch=st.sampled_from(["conv", "spatial"]),  # a conv head on the dense model; latent maps
 )
-def test_any_hierarchical_model_with_a_conv_head_round_trips(side, channels, levels, bernoulli, items, lanes, seed):
+def test_any_convolutional_hierarchical_model_round_trips(side, channels, levels, bernoulli, items, lanes, seed, arch):
     torch.manual_seed(seed)
     shape = (channels, side, side)
     spec = DataSpec("levels", shape, levels=levels)
-    config = ModelConfig.for_data(spec, "bernoulli" if bernoulli else None, "conv", hidden=(8,), layers=(2, 1))
+    config = ModelConfig.for_data(spec, "bernoulli" if bernoulli else None, arch, hidden=(8,), layers=(2, 1))
     _assert_round_trip(_with_random_weights(build(config)), shape, levels, bernoulli, items, lanes, seed)
 
 

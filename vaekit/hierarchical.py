@@ -114,6 +114,10 @@ class HierarchicalVAE(LatentVariableModel):
         return self._likelihood(params.view(*self._lead(h), -1, *self.spec.shape))
 
     # --- the model interface --------------------------------------------------------------------------------
+    @property
+    def layer_sizes(self) -> tuple[int, ...]:
+        return self.sizes  # values per layer: not the config's `layers` where those count maps
+
     def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> DiagonalGaussian:
         features, parts = self._features(x), {}
 
