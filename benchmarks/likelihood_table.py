@@ -44,7 +44,7 @@ VAEKIT = {
     "vaekit-vae": dict(FLAT, lr=1e-3),  # pythae's rate, as for the IWAE (the VAE's row at 3e-3: 2026-11-27)
     # at the default 3e-3 the IWAE bound stalled for half its budget with 12 nats of KL (2026-11-30)
     "vaekit-iwae": dict(FLAT, objective="iwae", k=5, lr=1e-3),
-    "vaekit-vamp": dict(FLAT, prior="vamp", pseudo_inputs=500),
+    "vaekit-vamp": dict(FLAT, prior="vamp", pseudo_inputs=500, lr=1e-3),  # as the VAE (its row at 3e-3: 2026-11-28)
     # each pixel's Bernoulli also sees the 24 pixels before it within radius 3 (a masked convolution)
     "vaekit-context": dict(FLAT, context=3),
     "vaekit-hierarchical": dict(HIERARCHICAL),

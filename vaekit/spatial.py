@@ -84,7 +84,7 @@ def _strided(inputs: int, width: int, outputs: int, halvings: int, transposed: b
 
 class SpatialHierarchicalVAE(HierarchicalVAE):
     def __init__(self, config: ModelConfig):
-        nn.Module.__init__(self)  # the parts differ from the dense model's; the paths are its own
+        nn.Module.__init__(self)  # every part differs from the dense model's; its paths and objectives are inherited
         self.config = config
         spec, width = config.spec, config.hidden[0]
         channels, height, wide = spec.shape
@@ -95,8 +95,8 @@ class SpatialHierarchicalVAE(HierarchicalVAE):
         self.embed = OnMaps(_strided(channels, width, width, halvings, transposed=False))
         self.bottom_up = nn.ModuleList(MapCell(width, config.layer_norm) for _ in config.layers)
         self.start = nn.Parameter(torch.zeros(width, *side))
-        top = config.layers[:-1]  # the top layer's prior is N(0, I)
-        self.priors = nn.ModuleList(OnMaps(nn.Conv2d(width, 2 * c, 3, padding=1), flatten=True) for c in top)
+        below_top = config.layers[:-1]  # the top layer's prior is N(0, I)
+        self.priors = nn.ModuleList(OnMaps(nn.Conv2d(width, 2 * c, 3, padding=1), flatten=True) for c in below_top)
         self.posteriors = nn.ModuleList(
             OnMaps(nn.Conv2d(2 * width, 2 * c, 3, padding=1), flatten=True) for c in config.layers
         )
