@@ -119,16 +119,8 @@ def test_layer_norm_needs_layers_and_a_boolean():
 
 IMAGE = DataSpec("levels", (1, 2, 2), levels=2)  # 16 binary images: p(x) can be summed over all of them
 ALL_IMAGES = torch.tensor([[a, b, c, d] for a in (0, 1) for b in (0, 1) for c in (0, 1) for d in (0, 1)]).float()
-
-
-@torch.no_grad()
-def test_conv_head_model_is_a_normalised_density_and_importance_sampling_finds_it():
-    model = tiny(spec=IMAGE, arch="conv")  # the conv head's zero-initialised last layer made random too
-    x = ALL_IMAGES.view(16, 1, 2, 2)
-    exact = log_px_by_quadrature(model, x)
-    assert abs(torch.logsumexp(exact, 0).item()) < 1e-3
-    est = model.importance_sampled(x, k=4000, generator=torch.Generator().manual_seed(1))
-    assert ((est.log_px - exact).abs() <= 4 * est.stderr + 1e-3).all()
+TWO_CHANNELS = DataSpec("levels", (2, 1, 1), levels=2)  # a one-pixel image of two binary channels: 1x1 maps
+ALL_PIXELS = torch.tensor([[a, b] for a in (0, 1) for b in (0, 1)]).float().view(4, 2, 1, 1)
 
 
 @torch.no_grad()
@@ -156,17 +148,15 @@ def test_conv_head_from_the_command_line_trains_saves_and_loads(tmp_path):
         ModelConfig.for_data(SPEC, "bernoulli", "conv", hidden=(8,), layers=(1, 1))
 
 
-TWO_CHANNELS = DataSpec("levels", (2, 1, 1), levels=2)  # a one-pixel image of two binary channels: 1x1 maps
-ALL_PIXELS = torch.tensor([[a, b] for a in (0, 1) for b in (0, 1)]).float().view(4, 2, 1, 1)
-
-
-@pytest.mark.parametrize("layer_norm", [False, True])
+@pytest.mark.parametrize("arch, layer_norm", [("conv", False), ("spatial", False), ("spatial", True)])
 @torch.no_grad()
-def test_spatial_model_is_a_normalised_density_and_importance_sampling_finds_it(layer_norm):
-    model = tiny(spec=TWO_CHANNELS, arch="spatial", layer_norm=layer_norm)  # two latent maps of one value
-    exact = log_px_by_quadrature(model, ALL_PIXELS)
+def test_convolutional_models_are_normalised_densities_and_importance_sampling_finds_them(arch, layer_norm):
+    # the conv head on 2x2 images; latent maps on one pixel of two channels (1x1 maps: two latent values)
+    spec, x = (IMAGE, ALL_IMAGES.view(16, 1, 2, 2)) if arch == "conv" else (TWO_CHANNELS, ALL_PIXELS)
+    model = tiny(spec=spec, arch=arch, layer_norm=layer_norm)  # zero-initialised last layers made random too
+    exact = log_px_by_quadrature(model, x)
     assert abs(torch.logsumexp(exact, 0).item()) < 1e-3
-    est = model.importance_sampled(ALL_PIXELS, k=4000, generator=torch.Generator().manual_seed(1))
+    est = model.importance_sampled(x, k=4000, generator=torch.Generator().manual_seed(1))
     assert ((est.log_px - exact).abs() <= 4 * est.stderr + 1e-3).all()
 
 
