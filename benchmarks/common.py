@@ -7,11 +7,11 @@ import json
 import platform
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
 from vaekit import data
+from vaekit._atomic import write_text
 from vaekit.errors import DataError
 
 
@@ -60,6 +60,6 @@ def print_figures(rows: list[tuple[str, str]]) -> None:
 
 
 def write_json(path: str | None, result: dict) -> None:
-    """The figures as JSON, where a path was given."""
+    """The figures as JSON, where a path was given (written whole or not at all)."""
     if path:
-        Path(path).write_text(json.dumps(result, indent=2) + "\n")
+        write_text(path, json.dumps(result, indent=2) + "\n")

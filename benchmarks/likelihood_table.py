@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import cpu_name, matmul_gflops
+from common import cpu_name, matmul_gflops, write_json
 from peers import PythaeAdapter, dynamic_binarisation_dataset, pythae_model, train_pythae
 
 import vaekit
@@ -155,8 +155,7 @@ def main() -> None:
                 shutil.copyfile(curve, curves / f"{name}.csv")
         row.update(date=time.strftime("%Y-%m-%d"), cpu=cpu_name(), k=args.k, budget=args.budget)
         results.setdefault("models", {})[name] = row
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(results, indent=2) + "\n")
+        write_json(str(path), results)  # a table of hours of rows: never left half-written
         print(f"{name}: NLL {row['nll']:.2f} ± {row['nll_stderr']:.2f}, -ELBO {row['test_neg_elbo']:.2f}", flush=True)
 
     print(f"\n{'model':<22}{'train s':>9}{'epochs':>8}{'-ELBO':>9}{'NLL':>9}{'± se':>7}{'bits/dim':>10}")
