@@ -63,7 +63,7 @@ class ModelConfig:
     prior: str = "normal"  # "normal" (N(0, I)) or "vamp" (mixture of the posteriors of learned pseudo-inputs)
     pseudo_inputs: int = 500  # K, for the VampPrior
     classes: int = 0  # > 0: a conditional VAE over this many class labels
-    layers: tuple[int, ...] = ()  # a hierarchical VAE: latent sizes of its stochastic layers, bottom to top
+    layers: tuple[int, ...] = ()  # a hierarchical VAE: latent sizes of its layers, bottom to top (spatial: channels)
     context: int = 0  # > 0: each pixel's likelihood also sees the pixels before it within this radius
     context_hidden: int = 0  # > 0: the context goes through this many hidden units, which also see z's parameters
     mixture: int = 1  # > 1: a mixture of this many discretised logistics per value
