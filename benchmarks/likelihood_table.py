@@ -1,7 +1,8 @@
 """Test log-likelihood of vaekit's models and pythae's under the same wall-clock budget, by one estimator.
 
 Every model trains on the same dynamically binarised training images (vaekit's fit part: the seeded
-90 % that `vaekit train` fits; pythae gets the same images) for the same budget on this machine, then
+90 % that `vaekit train` fits, or 1 - `--heldout`; pythae gets the same images) for the same budget on
+this machine, then
 its test NLL is estimated by vaekit's importance sampler (k samples per image, all test images, one
 fixed binarisation, seed 0). Models run one after another, never side by side, and each result is
 saved as soon as it exists, so a long table can be built over several sittings (`--models` picks).
@@ -58,6 +59,7 @@ PYTHAE = {
     "pythae-iwae": ("iwae", {"number_samples": 5}),
     "pythae-vamp": ("vamp", {"number_components": 500}),
 }
+DEFAULT_HELDOUT = 0.1  # the rows measured up to 2026-11-30 (rows without `heldout_fraction`)
 PYTHAE_TRAINING = dict(learning_rate=1e-3, per_device_train_batch_size=100)
 
 
@@ -66,23 +68,28 @@ def parse_duration(text: str) -> float:
     return float(text[:-1]) * units[text[-1]] if text[-1] in units else float(text)
 
 
-def train_vaekit(name: str, source: str, budget: float, out: Path):
+def train_vaekit(name: str, source: str, budget: float, heldout: float, out: Path):
     folder = out / name
     if (folder / model_io.CONFIG).exists():  # a kept run folder, cut short earlier: go on from its checkpoint
-        kept = model_io.read_config(folder)["training"]["time_budget"]
-        if kept != budget:  # resuming would train to the old budget and record it as this one
-            raise SystemExit(f"{folder} was trained under a budget of {kept} s, not {budget:g} s: choose other --runs")
+        kept = model_io.read_config(folder)
+        kept_budget, kept_heldout = kept["training"]["time_budget"], kept["data"]["heldout_fraction"]
+        if (kept_budget, kept_heldout) != (budget, heldout):  # resuming would record the old ones as these
+            raise SystemExit(
+                f"{folder} was trained under a budget of {kept_budget} s with {kept_heldout} held out, not "
+                f"{budget:g} s with {heldout}: choose other --runs"
+            )
         run = vaekit.resume(folder)
     else:
         run = vaekit.train(
-            source, folder, binarize="dynamic", time_budget=budget, patience=None, quiet=False, **VAEKIT[name]
-        )
+            source, folder, binarize="dynamic", time_budget=budget, patience=None, quiet=False,
+            heldout_fraction=heldout, **VAEKIT[name],
+        )  # fmt: skip
     return run.model, run.metrics[-1]["wall_seconds"], int(run.metrics[-1]["epoch"])
 
 
-def train_peer(name: str, source: str, budget: float, out: Path):
+def train_peer(name: str, source: str, budget: float, heldout: float, out: Path):
     kind, options = PYTHAE[name]
-    fit, _ = data.load_for_training(source)
+    fit, _ = data.load_for_training(source, heldout_fraction=heldout)
     torch.manual_seed(0)
     peer = pythae_model(kind, tuple(fit.spec.shape), FLAT["hidden"], FLAT["latent_dim"], **options)
     dataset = dynamic_binarisation_dataset(fit.x, fit.spec.levels - 1)
@@ -91,11 +98,11 @@ def train_peer(name: str, source: str, budget: float, out: Path):
     return PythaeAdapter(peer, config), seconds, epochs
 
 
-def measure(name: str, source: str, budget: float, k: int, out: Path) -> dict:
+def measure(name: str, source: str, budget: float, heldout: float, k: int, out: Path) -> dict:
     # the machine's speed varies between sittings; this same-run reference makes rows comparable
     gflops = matmul_gflops()
     start = time.perf_counter()
-    model, seconds, epochs = (train_vaekit if name in VAEKIT else train_peer)(name, source, budget, out)
+    model, seconds, epochs = (train_vaekit if name in VAEKIT else train_peer)(name, source, budget, heldout, out)
     model.eval()
     test = data.load(source, "test", spec=model.spec)
     x = model.prepare(test.x, torch.Generator().manual_seed(EVAL_SEED))
@@ -114,6 +121,7 @@ def measure(name: str, source: str, budget: float, k: int, out: Path) -> dict:
         "binarization": f"dynamic in training; test: one draw, seed {EVAL_SEED}",
         "wall_seconds": time.perf_counter() - start,
         "matmul_gflops": gflops,
+        "heldout_fraction": heldout,
     }
 
 
@@ -122,6 +130,13 @@ def main() -> None:
     parser.add_argument("--data", default="fashion-mnist", help="fashion-mnist, mnist or digits")
     parser.add_argument("--budget", default="30m", help="training wall-clock budget per model, e.g. 30m, 2h")
     parser.add_argument("--k", type=int, default=5000, help="importance samples per test image")
+    parser.add_argument(
+        "--heldout",
+        type=float,
+        default=DEFAULT_HELDOUT,
+        help=f"fraction of the training images kept out of training, for the learning curves (default "
+        f"{DEFAULT_HELDOUT}); another fraction writes its own results file",
+    )
     parser.add_argument("--models", default=",".join([*VAEKIT, *PYTHAE]), help="comma-separated subset")
     parser.add_argument(
         "--results", help="JSON file to add to (default: benchmarks/results/likelihood-DATA-BUDGET.json)"
@@ -136,7 +151,9 @@ def main() -> None:
     args = parser.parse_args()
 
     budget = parse_duration(args.budget)
-    path = Path(args.results or Path(__file__).parent / "results" / f"likelihood-{args.data}-{args.budget}.json")
+    protocol = "" if args.heldout == DEFAULT_HELDOUT else f"-heldout{args.heldout:g}"  # its own table
+    default = Path(__file__).parent / "results" / f"likelihood-{args.data}-{args.budget}{protocol}.json"
+    path = Path(args.results or default)
     results = json.loads(path.read_text()) if path.exists() else {}
     results.setdefault("machine", {})[cpu_name()] = f"{torch.get_num_threads()} threads, torch {torch.__version__}"
     print(f"{args.data}, budget {args.budget} per model, k={args.k}; CPU: {cpu_name()}")
@@ -147,7 +164,7 @@ def main() -> None:
             continue
         with tempfile.TemporaryDirectory() as tmp:
             runs = Path(args.runs) if args.runs else Path(tmp)
-            row = measure(name, args.data, budget, args.k, runs)
+            row = measure(name, args.data, budget, args.heldout, args.k, runs)
             curve = runs / name / "metrics.csv"  # vaekit's runs: was it still improving at the end?
             if curve.exists():
                 curves = path.with_name(path.stem + "-curves")
