@@ -3,8 +3,9 @@
 Every model trains on the same dynamically binarised training images (vaekit's fit part: the seeded
 90 % that `vaekit train` fits, or 1 - `--heldout`; pythae gets the same images) for the same budget on
 this machine, then its test NLL is estimated by vaekit's importance sampler (k samples per image, all
-test images, one fixed binarisation, seed 0). Models run one after another, never side by side, and each result is
-saved as soon as it exists, so a long table can be built over several sittings (`--models` picks).
+test images, one fixed binarisation, seed 0). Models run one after another, never side by side, and
+each result is saved as soon as it exists, so a long table can be built over several sittings
+(`--models` picks).
 vaekit's learning curves (metrics.csv) are kept beside the results, in a `-curves` folder.
 
     pip install -c constraints.txt -e ".[bench]"

@@ -63,10 +63,9 @@ class MapCell(nn.Module):
         nn.init.zeros_(self.outer.weight)
         nn.init.zeros_(self.outer.bias)
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        lead, flat = h.shape[:-3], h.reshape(-1, *h.shape[-3:])
-        seen = F.silu(flat) if self.norm is None else self.norm(flat)
-        return (flat + self.outer(F.silu(self.inner(seen)))).view(*lead, *h.shape[-3:])
+    def forward(self, h: torch.Tensor) -> torch.Tensor:  # on (batch, maps, rows, columns): wrapped in OnMaps
+        seen = F.silu(h) if self.norm is None else self.norm(h)
+        return h + self.outer(F.silu(self.inner(seen)))
 
 
 def _strided(inputs: int, width: int, outputs: int, halvings: int, transposed: bool) -> nn.Sequential:
@@ -93,7 +92,7 @@ class SpatialHierarchicalVAE(HierarchicalVAE):
         area = side[0] * side[1]
         self.sizes = tuple(c * area for c in config.layers)
         self.embed = OnMaps(_strided(channels, width, width, halvings, transposed=False))
-        self.bottom_up = nn.ModuleList(MapCell(width, config.layer_norm) for _ in config.layers)
+        self.bottom_up = nn.ModuleList(OnMaps(MapCell(width, config.layer_norm)) for _ in config.layers)
         self.start = nn.Parameter(torch.zeros(width, *side))
         below_top = config.layers[:-1]  # the top layer's prior is N(0, I)
         self.priors = nn.ModuleList(OnMaps(nn.Conv2d(width, 2 * c, 3, padding=1), flatten=True) for c in below_top)
@@ -101,7 +100,7 @@ class SpatialHierarchicalVAE(HierarchicalVAE):
             OnMaps(nn.Conv2d(2 * width, 2 * c, 3, padding=1), flatten=True) for c in config.layers
         )
         self.merges = nn.ModuleList(ToMaps(c, side, width) for c in config.layers)
-        self.top_down = nn.ModuleList(MapCell(width, config.layer_norm) for _ in config.layers)
+        self.top_down = nn.ModuleList(OnMaps(MapCell(width, config.layer_norm)) for _ in config.layers)
         self.out = OnMaps(_strided(width, width, channels * config.n_params, halvings, True), flatten=True)
         self.out_conv = None
         self._build_context()
