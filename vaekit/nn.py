@@ -107,6 +107,19 @@ class ConvDecoder(nn.Module):
         return out.view(*z.shape[:-1], self.n_params, *self.shape)
 
 
+def strided_convolutions(inputs: int, width: int, outputs: int, halvings: int, transposed: bool) -> nn.Sequential:
+    """`halvings` stride-2 4x4 convolutions (transposed: doublings) from `inputs` channels through
+    `width` to `outputs`, with a SiLU between them."""
+    conv = nn.ConvTranspose2d if transposed else nn.Conv2d
+    if halvings == 0:  # sides too small or odd to halve: one convolution at full size
+        return nn.Sequential(nn.Conv2d(inputs, outputs, 3, padding=1))
+    layers: list[nn.Module] = []
+    for i in range(halvings):
+        into, out = inputs if i == 0 else width, outputs if i == halvings - 1 else width
+        layers += [conv(into, out, 4, stride=2, padding=1), nn.SiLU()]
+    return nn.Sequential(*layers[:-1])
+
+
 class ConvHead(nn.Module):
     """Transposed convolutions (weights shared across the image) from a vector to `n_params` numbers per
     data element, flat like a dense layer's output. A hierarchical model adds them to its dense output
@@ -118,15 +131,9 @@ class ConvHead(nn.Module):
         n = downsamplings(h, w, most=2)  # two halvings: 28x28 starts at 7x7
         self.start = (maps, h >> n, w >> n)
         self.head = nn.Linear(width, math.prod(self.start))
-        layers: list[nn.Module] = []
-        for i in range(n):
-            outputs = c * n_params if i == n - 1 else maps
-            layers += [nn.SiLU(), nn.ConvTranspose2d(maps, outputs, 4, stride=2, padding=1)]
-        if n == 0:  # sides too small or odd to halve: one convolution at full size
-            layers += [nn.SiLU(), nn.Conv2d(maps, c * n_params, 3, padding=1)]
-        nn.init.zeros_(layers[-1].weight)
-        nn.init.zeros_(layers[-1].bias)
-        self.conv = nn.Sequential(*layers)
+        self.conv = nn.Sequential(nn.SiLU(), *strided_convolutions(maps, maps, c * n_params, n, transposed=True))
+        nn.init.zeros_(self.conv[-1].weight)
+        nn.init.zeros_(self.conv[-1].bias)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         """(..., width) -> (..., n_params * channels * height * width), flat like a dense layer's output."""

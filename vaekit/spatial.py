@@ -23,7 +23,7 @@ from torch import nn
 
 from vaekit.hierarchical import HierarchicalVAE
 from vaekit.models import ModelConfig
-from vaekit.nn import downsamplings, latent_grid
+from vaekit.nn import downsamplings, latent_grid, strided_convolutions
 
 
 class OnMaps(nn.Module):
@@ -68,19 +68,6 @@ class MapCell(nn.Module):
         return h + self.outer(F.silu(self.inner(seen)))
 
 
-def _strided(inputs: int, width: int, outputs: int, halvings: int, transposed: bool) -> nn.Sequential:
-    """`halvings` stride-2 4x4 convolutions (transposed: doublings) from `inputs` channels through
-    `width` to `outputs`, with a SiLU between them."""
-    conv = nn.ConvTranspose2d if transposed else nn.Conv2d
-    if halvings == 0:  # sides too small or odd to halve: one convolution at full size
-        return nn.Sequential(nn.Conv2d(inputs, outputs, 3, padding=1))
-    layers: list[nn.Module] = []
-    for i in range(halvings):
-        into, out = inputs if i == 0 else width, outputs if i == halvings - 1 else width
-        layers += [conv(into, out, 4, stride=2, padding=1), nn.SiLU()]
-    return nn.Sequential(*layers[:-1])
-
-
 class SpatialHierarchicalVAE(HierarchicalVAE):
     def __init__(self, config: ModelConfig):
         nn.Module.__init__(self)  # every part differs from the dense model's; its paths and objectives are inherited
@@ -91,7 +78,7 @@ class SpatialHierarchicalVAE(HierarchicalVAE):
         halvings = downsamplings(height, wide, most=2)
         area = side[0] * side[1]
         self.sizes = tuple(c * area for c in config.layers)
-        self.embed = OnMaps(_strided(channels, width, width, halvings, transposed=False))
+        self.embed = OnMaps(strided_convolutions(channels, width, width, halvings, transposed=False))
         self.bottom_up = nn.ModuleList(OnMaps(MapCell(width, config.layer_norm)) for _ in config.layers)
         self.start = nn.Parameter(torch.zeros(width, *side))
         below_top = config.layers[:-1]  # the top layer's prior is N(0, I)
@@ -101,7 +88,7 @@ class SpatialHierarchicalVAE(HierarchicalVAE):
         )
         self.merges = nn.ModuleList(ToMaps(c, side, width) for c in config.layers)
         self.top_down = nn.ModuleList(OnMaps(MapCell(width, config.layer_norm)) for _ in config.layers)
-        self.out = OnMaps(_strided(width, width, channels * config.n_params, halvings, True), flatten=True)
+        self.out = OnMaps(strided_convolutions(width, width, channels * config.n_params, halvings, True), flatten=True)
         self.out_conv = None
         self._build_context()
         for posterior in self.posteriors:  # the posterior starts as the prior
