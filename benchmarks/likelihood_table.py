@@ -102,10 +102,14 @@ def measure(name: str, source: str, budget: float, heldout: float, k: int, out: 
     # the machine's speed varies between sittings; this same-run reference makes rows comparable
     gflops = matmul_gflops()
     start = time.perf_counter()
+    # phase lines: in a log file (a background run) the progress bars are off
+    where = f"; its curve goes to {out / name / 'metrics.csv'}" if name in VAEKIT else ""
+    print(f"{time.strftime('%H:%M')} {name}: training, {budget:g} s budget{where}", flush=True)
     model, seconds, epochs = (train_vaekit if name in VAEKIT else train_peer)(name, source, budget, heldout, out)
     model.eval()
     test = data.load(source, "test", spec=model.spec)
     x = model.prepare(test.x, torch.Generator().manual_seed(EVAL_SEED))
+    print(f"{time.strftime('%H:%M')} {name}: {epochs} epochs in {seconds:.0f} s; test NLL, k={k}", flush=True)
     with torch.no_grad():
         elbo = evaluate_elbo(model, x, generator=torch.Generator().manual_seed(EVAL_SEED))
         # saved as it goes, so that in a kept run folder (--runs) an evaluation cut short goes on where it
