@@ -156,7 +156,7 @@ def test_any_hierarchical_model_round_trips(shape, levels, bernoulli, layers, it
     items=st.integers(0, 4),
     lanes=st.integers(1, 5),
     seed=st.integers(0, 2**31 - 1),
-    arch=st.sampled_from(["conv", "spatial"]),  # a conv head on the dense model; latent maps
+    arch=st.sampled_from(["conv", "spatial", "hybrid"]),  # a conv head on the dense model; latent maps; both
 )
 def test_any_convolutional_hierarchical_model_round_trips(side, channels, levels, bernoulli, items, lanes, seed, arch):
     torch.manual_seed(seed)

@@ -24,8 +24,9 @@ def tiny(seed=0, layer_norm=False, spec=SPEC, arch="mlp"):
     with torch.no_grad():
         for p in model.parameters():  # the zero-initialised layers too, so that every path matters
             p.add_(0.3 * torch.randn_like(p))
-        for p in model.posteriors.parameters():  # q stays a usable proposal: heavy-tailed weights need huge k
-            p.mul_(0.3)
+        for name, p in model.named_parameters():  # q stays a usable proposal: heavy-tailed weights need huge k
+            if "posterior" in name:
+                p.mul_(0.3)
     return model.eval()
 
 
@@ -148,27 +149,36 @@ def test_conv_head_from_the_command_line_trains_saves_and_loads(tmp_path):
         ModelConfig.for_data(SPEC, "bernoulli", "conv", hidden=(8,), layers=(1, 1))
 
 
-@pytest.mark.parametrize("arch, layer_norm", [("conv", False), ("spatial", False), ("spatial", True)])
+@pytest.mark.parametrize(
+    "arch, layer_norm", [("conv", False), ("spatial", False), ("spatial", True), ("hybrid", False), ("hybrid", True)]
+)
 @torch.no_grad()
 def test_convolutional_models_are_normalised_densities_and_importance_sampling_finds_them(arch, layer_norm):
-    # the conv head on 2x2 images; latent maps on one pixel of two channels (1x1 maps: two latent values)
+    # the conv head on 2x2 images; latent maps on one pixel of two channels (1x1 maps: two latent values; the
+    # hybrid's are one map value and one dense value)
     spec, x = (IMAGE, ALL_IMAGES.view(16, 1, 2, 2)) if arch == "conv" else (TWO_CHANNELS, ALL_PIXELS)
     model = tiny(spec=spec, arch=arch, layer_norm=layer_norm)  # zero-initialised last layers made random too
-    exact = log_px_by_quadrature(model, x)
+    wide = dict(points=1001, extent=20.0) if arch == "hybrid" else {}  # its random map prior reaches sd 7 at mean 4
+    exact = log_px_by_quadrature(model, x, **wide)
     assert abs(torch.logsumexp(exact, 0).item()) < 1e-3
     est = model.importance_sampled(x, k=4000, generator=torch.Generator().manual_seed(1))
     assert ((est.log_px - exact).abs() <= 4 * est.stderr + 1e-3).all()
 
 
-@torch.no_grad()
-def test_spatial_model_has_latent_maps_starts_with_q_at_p_and_keeps_samples_apart():
+def test_latent_maps_are_on_a_grid_of_up_to_two_halvings():
     assert [latent_grid(shape) for shape in [(1, 28, 28), (3, 32, 32), (1, 8, 8), (1, 6, 6)]] == [
         (7, 7), (8, 8), (4, 4), (6, 6)
     ]  # fmt: skip
+
+
+# spatial: every layer is maps (channels); hybrid: the bottom layer is maps, the others dense
+@pytest.mark.parametrize("arch, sizes", [("spatial", (48, 32)), ("hybrid", (48, 2))])
+@torch.no_grad()
+def test_map_models_start_with_q_at_p_and_keep_samples_apart(arch, sizes):
     torch.manual_seed(0)
     spec = DataSpec("levels", (1, 8, 8), levels=2)
-    model = build(ModelConfig.for_data(spec, "bernoulli", "spatial", hidden=(6,), layers=(3, 2)))
-    assert model.latent_dim == (3 + 2) * 16 and model.sizes == (48, 32)
+    model = build(ModelConfig.for_data(spec, "bernoulli", arch, hidden=(6,), layers=(3, 2)))
+    assert model.sizes == sizes and model.latent_dim == sum(sizes)  # 8x8 images: 4x4 maps
     x = torch.randint(0, 2, (4, 1, 8, 8)).float()
     assert torch.equal(model.elbo(x).kl, torch.zeros(4))  # each posterior starts as its prior
     for p in model.parameters():
@@ -181,16 +191,18 @@ def test_spatial_model_has_latent_maps_starts_with_q_at_p_and_keeps_samples_apar
     assert log_ratio.abs().min() > 0  # q now differs from p
 
 
-def test_spatial_model_from_the_command_line_trains_saves_and_loads(tmp_path):
+@pytest.mark.parametrize("arch, latent_dim", [("spatial", 3 * 16), ("hybrid", 2 * 16 + 1)])
+def test_map_models_from_the_command_line_train_save_and_load(tmp_path, arch, latent_dim):
     out = tmp_path / "s"
-    args = ["train", "--data", "digits", "--out", out, "--layers", "2,1", "--hidden", "8", "--arch", "spatial"]
+    args = ["train", "--data", "digits", "--out", out, "--layers", "2,1", "--hidden", "8", "--arch", arch]
     assert main([str(a) for a in [*args, "--epochs", "2", "--quiet"]]) == 0
     model = vaekit.load(out)
-    assert model.config.arch == "spatial" and model.latent_dim == 3 * 16  # digits are 8x8: 4x4 maps
-    assert model.posteriors[0].module.weight.abs().sum() > 0  # trained and saved
+    assert model.config.arch == arch and model.latent_dim == latent_dim  # digits are 8x8: 4x4 maps
+    bottom = model.map_posterior if arch == "hybrid" else model.posteriors[0]
+    assert bottom.module.weight.abs().sum() > 0  # trained and saved
     assert torch.isfinite(model.log_likelihood(model.prepare(torch.randint(0, 17, (5, 1, 8, 8))), k=10)).all()
     assert model.sample(2).shape == (2, 1, 8, 8)
     with pytest.raises(OptionError, match="needs image data"):
         ModelConfig.for_data(SPEC, "bernoulli", "spatial", hidden=(8,), layers=(1, 1))
-    with pytest.raises(OptionError, match="give its latent layers"):
-        ModelConfig.for_data(IMAGE, "bernoulli", "spatial", hidden=(8,))
+    with pytest.raises(OptionError, match="give its latent layers|a map layer and at least one dense layer"):
+        ModelConfig.for_data(IMAGE, "bernoulli", arch, hidden=(8,), layers=() if arch == "spatial" else (1,))

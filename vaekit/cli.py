@@ -160,8 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--arch",
         choices=ARCHS,
         default="mlp",
-        help="encoder/decoder family (default: mlp); with --layers, conv adds transposed convolutions to the output "
-        "and spatial makes every latent layer maps (--layers: their channels, --hidden: the paths' channels)",
+        help="encoder/decoder family (default: mlp); with --layers, conv adds transposed convolutions to the output, "
+        "spatial makes every latent layer maps (--layers: their channels, --hidden: the paths' channels), and "
+        "hybrid is conv with a layer of maps at the bottom (--layers MAPS,SIZE,...: its channels, then dense sizes)",
     )
     p.add_argument("--latent", type=_positive_int, help="latent size (default: by data size)")
     p.add_argument("--hidden", type=_int_list, help="hidden layer sizes, e.g. 512,256")

@@ -50,6 +50,12 @@ def _gaussian(params: torch.Tensor) -> DiagonalGaussian:
     return DiagonalGaussian(mean, logvar.clamp(-30.0, 20.0))
 
 
+def _corrected(prior: DiagonalGaussian, delta: torch.Tensor) -> DiagonalGaussian:
+    """The posterior: the prior's mean and log-variance plus the corrections in `delta` (means, then log-variances)."""
+    delta_mean, delta_logvar = delta.float().chunk(2, -1)
+    return DiagonalGaussian(prior.mean + delta_mean, (prior.logvar + delta_logvar).clamp(-30.0, 20.0))
+
+
 class HierarchicalVAE(LatentVariableModel):
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -103,8 +109,7 @@ class HierarchicalVAE(LatentVariableModel):
 
     def _posterior(self, layer: int, h: torch.Tensor, f: torch.Tensor, prior: DiagonalGaussian) -> DiagonalGaussian:
         joined = torch.cat([h, f.expand_as(h)], -self.start.dim())  # along the features (or channels)
-        delta_mean, delta_logvar = self.posteriors[layer](joined).float().chunk(2, -1)
-        return DiagonalGaussian(prior.mean + delta_mean, (prior.logvar + delta_logvar).clamp(-30.0, 20.0))
+        return _corrected(prior, self.posteriors[layer](joined))
 
     def _split(self, z: torch.Tensor) -> list[torch.Tensor]:
         return list(z.split(self.sizes, dim=-1))

@@ -41,7 +41,7 @@ from vaekit.importance import ISEstimate, RunningLogMeanExp
 # choose(layer, prior, posterior) -> z: see LatentVariableModel.descend
 LayerChoice = Callable[[int, DiagonalGaussian | None, DiagonalGaussian | None], torch.Tensor]
 LIKELIHOODS = ("discretized_logistic", "bernoulli", "gaussian")
-ARCHS = ("mlp", "conv", "spatial")  # spatial: a hierarchical model with latent maps
+ARCHS = ("mlp", "conv", "spatial", "hybrid")  # spatial: a hierarchical model with latent maps; hybrid: one map layer
 PRIORS = ("normal", "vamp")
 _N_PARAMS = {"discretized_logistic": 2, "bernoulli": 1, "gaussian": 2}
 MAX_CONTEXT = 3  # the causal neighbourhood's radius: 24 pixels at 3, and code tables stay exact (see codec)
@@ -63,7 +63,7 @@ class ModelConfig:
     prior: str = "normal"  # "normal" (N(0, I)) or "vamp" (mixture of the posteriors of learned pseudo-inputs)
     pseudo_inputs: int = 500  # K, for the VampPrior
     classes: int = 0  # > 0: a conditional VAE over this many class labels
-    layers: tuple[int, ...] = ()  # a hierarchical VAE: latent sizes of its layers, bottom to top (spatial: channels)
+    layers: tuple[int, ...] = ()  # a hierarchical VAE: latent sizes of its layers, bottom to top (maps: channels)
     context: int = 0  # > 0: each pixel's likelihood also sees the pixels before it within this radius
     context_hidden: int = 0  # > 0: the context goes through this many hidden units, which also see z's parameters
     mixture: int = 1  # > 1: a mixture of this many discretised logistics per value
@@ -155,10 +155,14 @@ class ModelConfig:
             raise OptionError(f"the {likelihood} likelihood does not fit {spec.kind} data")
         if arch not in ARCHS:
             raise OptionError(f"unknown architecture {arch!r}: choose from {', '.join(ARCHS)}")
-        if arch in ("conv", "spatial") and not spec.is_image:
+        if arch in ("conv", "spatial", "hybrid") and not spec.is_image:
             raise OptionError(f"the {arch} architecture needs image data (channels, height, width)")
         if arch == "spatial" and not layers:
             raise OptionError("the spatial architecture is a hierarchical model: give its latent layers (--layers)")
+        if arch == "hybrid" and len(layers) < 2:
+            raise OptionError(
+                "the hybrid architecture needs a map layer and at least one dense layer: --layers MAPS,SIZE,..."
+            )
         if prior not in PRIORS:
             raise OptionError(f"unknown prior {prior!r}: choose from {', '.join(PRIORS)}")
         if pseudo_inputs < 1:
@@ -196,8 +200,9 @@ class ModelConfig:
             if prior != "normal" or classes:
                 raise OptionError("the hierarchical model has its own priors and takes no labels")
             latent_dim = sum(layers)
-            if arch == "spatial":  # each layer is that many maps on the grid
-                latent_dim *= math.prod(blocks.latent_grid(spec.shape))
+            if arch in ("spatial", "hybrid"):  # spatial: each layer is that many maps; hybrid: the bottom one
+                maps = layers if arch == "spatial" else layers[:1]
+                latent_dim += sum(maps) * (math.prod(blocks.latent_grid(spec.shape)) - 1)
         if latent_dim is None:
             latent_dim = 16 if d >= 256 else 8 if d >= 32 else max(1, d // 2)
         if latent_dim < 1:
@@ -217,6 +222,10 @@ def build(config: ModelConfig) -> LatentVariableModel:
         from vaekit.spatial import SpatialHierarchicalVAE  # it builds on this module
 
         return SpatialHierarchicalVAE(config)
+    if config.arch == "hybrid":
+        from vaekit.hybrid import HybridHierarchicalVAE  # it builds on this module
+
+        return HybridHierarchicalVAE(config)
     if config.layers:
         from vaekit.hierarchical import HierarchicalVAE  # it builds on this module
 
