@@ -53,6 +53,8 @@ VAEKIT = {
     "vaekit-hierarchical-ln": dict(HIERARCHICAL, layers=(32, 32, 16, 16, 8, 8), layer_norm=True),
     # and transposed convolutions beside the dense output layer (--arch conv)
     "vaekit-hierarchical-conv": dict(HIERARCHICAL, layers=(32, 32, 16, 16, 8, 8), layer_norm=True, arch="conv"),
+    # and a latent layer of 4 maps (7x7) in that convolutional path, below the six dense layers (--arch hybrid)
+    "vaekit-hybrid": dict(HIERARCHICAL, layers=(4, 32, 32, 16, 16, 8, 8), layer_norm=True, arch="hybrid"),
 }
 PYTHAE = {
     "pythae-vae": ("vae", {}),
