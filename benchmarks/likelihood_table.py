@@ -53,8 +53,16 @@ VAEKIT = {
     "vaekit-hierarchical-ln": dict(HIERARCHICAL, layers=(32, 32, 16, 16, 8, 8), layer_norm=True),
     # and transposed convolutions beside the dense output layer (--arch conv)
     "vaekit-hierarchical-conv": dict(HIERARCHICAL, layers=(32, 32, 16, 16, 8, 8), layer_norm=True, arch="conv"),
-    # and a latent layer of 4 maps (7x7) in that convolutional path, below the six dense layers (--arch hybrid)
-    "vaekit-hybrid": dict(HIERARCHICAL, layers=(4, 32, 32, 16, 16, 8, 8), layer_norm=True, arch="hybrid"),
+    # the conv recipe with decoupled weight decay (AdamW): it ends 5 nats of -ELBO better on its training images
+    # than on held-out ones
+    "vaekit-hierarchical-conv-wd": dict(
+        HIERARCHICAL, layers=(32, 32, 16, 16, 8, 8), layer_norm=True, arch="conv", weight_decay=0.05
+    ),
+    # and a latent layer of 4 maps (7x7) in that convolutional path, below the six dense layers (--arch hybrid);
+    # its gradient norms run higher in the first epoch: at 1000 every update was skipped there (2026-11-30)
+    "vaekit-hybrid": dict(
+        HIERARCHICAL, layers=(4, 32, 32, 16, 16, 8, 8), layer_norm=True, arch="hybrid", skip_threshold=3000.0
+    ),
 }
 PYTHAE = {
     "pythae-vae": ("vae", {}),

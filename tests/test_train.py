@@ -263,6 +263,21 @@ def test_a_model_of_several_latent_layers_warms_its_learning_rate_up_by_default(
     assert rates_seen == [1e-2] * 6
 
 
+def test_weight_decay_shrinks_each_weight_by_lr_times_decay_beside_the_adam_step(tmp_path):
+    # one step from the same start with the same gradient: w_0 - w_d = lr * d * w_start, whatever the Adam step
+    options = dict(epochs=1, lr=1e-2, lr_decay=0, batch_size=1347, seed=1, **TINY)
+    plain = weights(vaekit.train("digits", tmp_path / "plain", **options).run_dir)
+    light = weights(vaekit.train("digits", tmp_path / "light", weight_decay=0.5, **options).run_dir)
+    heavy = weights(vaekit.train("digits", tmp_path / "heavy", weight_decay=2.0, **options).run_dir)
+    recorded = json.loads((tmp_path / "heavy" / "config.json").read_text())
+    assert recorded["training"]["weight_decay"] == 2.0
+    for name, w in plain.items():
+        shrink_light, shrink_heavy = w - light[name], w - heavy[name]
+        assert torch.allclose(shrink_heavy, 4 * shrink_light, rtol=1e-3, atol=1e-7), name
+        far = w.abs() > 0.05  # beyond the reach of one Adam step (about lr): the weight kept its start's sign
+        assert far.any() and (torch.sign(shrink_heavy[far]) == torch.sign(w[far])).all()  # towards zero
+
+
 def test_bf16_autocast_trains_to_the_same_elbo_as_fp32(tmp_path):
     runs = {p: vaekit.train("digits", tmp_path / p, epochs=30, precision=p, **TINY) for p in ("fp32", "bf16")}
     fp32, bf16 = (min(m["heldout_neg_elbo"] for m in runs[p].metrics) for p in ("fp32", "bf16"))

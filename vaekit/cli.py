@@ -230,6 +230,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--free-bits", type=_finite_float, default=0.0, help="nats per latent dimension left unpenalised")
     p.add_argument("--clip-grad", type=_finite_float, help="clip the gradient norm to this value")
     p.add_argument(
+        "--weight-decay",
+        type=_finite_float,
+        default=0.0,
+        help="decoupled weight decay (AdamW): each step shrinks every weight by lr x this (default 0: Adam)",
+    )
+    p.add_argument(
         "--skip-threshold",
         type=_finite_float,
         help="skip updates whose gradient norm exceeds this; 100 skipped in a row stop training",
@@ -417,7 +423,8 @@ def _train(args: argparse.Namespace) -> None:
             heldout_fraction=args.heldout, quiet=args.quiet, epochs=args.epochs, batch_size=args.batch_size,
             lr=args.lr, lr_decay=args.lr_decay, lr_warmup=args.lr_warmup, beta=args.beta, warmup_epochs=args.warmup,
             free_bits=args.free_bits,
-            clip_grad=args.clip_grad, patience=args.patience or None, binarize=args.binarize, seed=args.seed,
+            clip_grad=args.clip_grad, weight_decay=args.weight_decay,
+            patience=args.patience or None, binarize=args.binarize, seed=args.seed,
             precision=args.precision,
             device=args.device,
         )  # fmt: skip

@@ -68,6 +68,7 @@ class TrainConfig:
     warmup_epochs: float = 0.0  # linear KL warm-up from 0 to beta
     free_bits: float = 0.0  # nats per latent dimension below which KL is not penalised
     clip_grad: float | None = None  # max gradient norm
+    weight_decay: float = 0.0  # decoupled (AdamW): each step also shrinks every weight by lr x this fraction
     patience: int | None = 20  # early stopping: epochs without held-out improvement (None: never)
     binarize: str | None = None  # None, "static" or "dynamic" (Bernoulli models)
     precision: str = "auto"  # "fp32", "bf16" (autocast of the networks' matmuls) or "auto": bf16 where it is faster
@@ -93,6 +94,8 @@ class TrainConfig:
             (self.warmup_epochs >= 0, f"warm-up must be >= 0 epochs, got {self.warmup_epochs}"),
             (self.free_bits >= 0, f"free bits must be >= 0, got {self.free_bits}"),
             (self.clip_grad is None or self.clip_grad > 0, f"gradient clip must be > 0, got {self.clip_grad}"),
+            (math.isfinite(self.weight_decay) and self.weight_decay >= 0,
+             f"weight decay must be >= 0, got {self.weight_decay}"),
             (self.patience is None or self.patience >= 1, f"patience must be >= 1, got {self.patience}"),
             (self.binarize in (None, "static", "dynamic"), f"binarize must be static or dynamic, got {self.binarize}"),
             (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision}"),
@@ -257,8 +260,13 @@ class Trainer:
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
-        # fused Adam: one kernel for all parameters instead of a Python loop over them
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=ADAM_BETAS, fused=True)
+        # fused Adam: one kernel for all parameters instead of a Python loop over them; AdamW only with a decay, so
+        # that the runs and checkpoints without one keep the optimizer they had
+        adam = dict(lr=config.lr, betas=ADAM_BETAS, fused=True)
+        if config.weight_decay:
+            self.optimizer = torch.optim.AdamW(model.parameters(), weight_decay=config.weight_decay, **adam)
+        else:
+            self.optimizer = torch.optim.Adam(model.parameters(), **adam)
         self.dtype = resolve_precision(config.precision, self.device)
         self.generator = torch.Generator(self.device).manual_seed(config.seed)  # same stream on every rank
         self.epoch, self.step, self.skipped = 0, 0, 0
