@@ -59,7 +59,8 @@ VAEKIT = {
         HIERARCHICAL, layers=(32, 32, 16, 16, 8, 8), layer_norm=True, arch="conv", weight_decay=0.05
     ),
     # and a latent layer of 4 maps (7x7) in that convolutional path, below the six dense layers (--arch hybrid);
-    # its gradient norms run higher in the first epoch: at 1000 every update was skipped there (2026-11-30)
+    # its first run, at the recipe's threshold of 1000, stopped early in epoch 2 after 100 skipped updates in a row
+    # (2026-11-30); at 3000 none was skipped
     "vaekit-hybrid": dict(
         HIERARCHICAL, layers=(4, 32, 32, 16, 16, 8, 8), layer_norm=True, arch="hybrid", skip_threshold=3000.0
     ),
