@@ -59,8 +59,7 @@ class HybridHierarchicalVAE(HierarchicalVAE):
         if layer == 0:
             return _gaussian(self.map_prior(h))
         if layer == len(self.sizes) - 1:
-            zeros = torch.zeros(*self._lead(h), self.sizes[layer], device=h.device)
-            return DiagonalGaussian(zeros, zeros)
+            return super()._prior(layer, h)  # N(0, I)
         return _gaussian(self.priors[layer - 1](h))
 
     def _posterior(self, layer: int, h: torch.Tensor, f: torch.Tensor, prior: DiagonalGaussian) -> DiagonalGaussian:

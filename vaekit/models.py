@@ -199,10 +199,10 @@ class ModelConfig:
                 raise OptionError(f"latent layer sizes must be >= 1, got {list(layers)}")
             if prior != "normal" or classes:
                 raise OptionError("the hierarchical model has its own priors and takes no labels")
-            latent_dim = sum(layers)
-            if arch in ("spatial", "hybrid"):  # spatial: each layer is that many maps; hybrid: the bottom one
-                maps = layers if arch == "spatial" else layers[:1]
-                latent_dim += sum(maps) * (math.prod(blocks.latent_grid(spec.shape)) - 1)
+            # layers of maps count channels, each a map on the grid: spatial's every layer, hybrid's bottom one
+            maps = {"spatial": layers, "hybrid": layers[:1]}.get(arch, ())
+            area = math.prod(blocks.latent_grid(spec.shape)) if maps else 1
+            latent_dim = sum(maps) * area + sum(layers[len(maps) :])
         if latent_dim is None:
             latent_dim = 16 if d >= 256 else 8 if d >= 32 else max(1, d // 2)
         if latent_dim < 1:
