@@ -41,6 +41,7 @@ FLAT = dict(hidden=(512, 256), latent_dim=32)  # every one-layer model, vaekit's
 # Adam's first steps at the full 3e-3 wrecked its zero-initialised posterior layers (every later update
 # was then skipped); a gentler rate with a warm-up trains it
 HIERARCHICAL = dict(hidden=(512,), layers=(32, 16, 8), warmup_epochs=5, skip_threshold=1000.0, lr=1e-3, lr_warmup=500)
+DEEP = dict(HIERARCHICAL, layers=(32, 32, 16, 16, 8, 8), layer_norm=True)  # six latent layers, LayerNorm cells
 VAEKIT = {
     "vaekit-vae": dict(FLAT, lr=1e-3),  # pythae's rate, as for the IWAE (the VAE's row at 3e-3: 2026-11-27)
     # at the default 3e-3 the IWAE bound stalled for half its budget with 12 nats of KL (2026-11-30)
@@ -50,20 +51,16 @@ VAEKIT = {
     "vaekit-context": dict(FLAT, context=3),
     "vaekit-hierarchical": dict(HIERARCHICAL),
     # the same recipe with a LayerNorm in each residual cell, which let a deeper model pay (12-minute pilots)
-    "vaekit-hierarchical-ln": dict(HIERARCHICAL, layers=(32, 32, 16, 16, 8, 8), layer_norm=True),
+    "vaekit-hierarchical-ln": dict(DEEP),
     # and transposed convolutions beside the dense output layer (--arch conv)
-    "vaekit-hierarchical-conv": dict(HIERARCHICAL, layers=(32, 32, 16, 16, 8, 8), layer_norm=True, arch="conv"),
+    "vaekit-hierarchical-conv": dict(DEEP, arch="conv"),
     # the conv recipe with decoupled weight decay (AdamW): it ends 5 nats of -ELBO better on its training images
     # than on held-out ones
-    "vaekit-hierarchical-conv-wd": dict(
-        HIERARCHICAL, layers=(32, 32, 16, 16, 8, 8), layer_norm=True, arch="conv", weight_decay=0.05
-    ),
+    "vaekit-hierarchical-conv-wd": dict(DEEP, arch="conv", weight_decay=0.05),
     # and a latent layer of 4 maps (7x7) in that convolutional path, below the six dense layers (--arch hybrid);
     # its first run, at the recipe's threshold of 1000, stopped early in epoch 2 after 100 skipped updates in a row
     # (2026-11-30); at 3000 none was skipped
-    "vaekit-hybrid": dict(
-        HIERARCHICAL, layers=(4, 32, 32, 16, 16, 8, 8), layer_norm=True, arch="hybrid", skip_threshold=3000.0
-    ),
+    "vaekit-hybrid": dict(DEEP, layers=(4, *DEEP["layers"]), arch="hybrid", skip_threshold=3000.0),
 }
 PYTHAE = {
     "pythae-vae": ("vae", {}),
