@@ -17,6 +17,7 @@ from vaekit.codec.bitsback import BitsBackCodec, lanes_for
 from vaekit.data import DataSpec
 from vaekit.errors import OptionError
 from vaekit.models import ModelConfig, build
+from vaekit.nn import CausalContext
 from vaekit.trainer import evaluate_elbo
 
 
@@ -83,6 +84,42 @@ def test_a_zero_context_is_the_independent_model(hidden):
         x = torch.randint(0, 5, (4, 1, 3, 3)).float()
         likelihood = model.decode(torch.randn(4, 2))
         assert torch.allclose(likelihood.log_prob(x), likelihood.base.log_prob(x))
+
+
+def test_the_hidden_units_compute_what_the_docstring_says():
+    """Pixel by pixel, with numbers: unit h = clip(sum over earlier pixels' values x weight + the pixel's own
+    parameters (clipped to +-FEATURE_BOUND) x from_params + bias, 0, MAX_ACTIVATION); the output, a linear map
+    of the units. Leading sample dimensions of the parameters broadcast against the images."""
+    torch.manual_seed(0)
+    channels, radius, hidden, n_params, height, width = 2, 2, 3, 2, 4, 5
+    context = CausalContext(channels, radius, hidden, n_params)
+    with torch.no_grad():
+        for parameter in context.parameters():
+            parameter.normal_(0, 2.0)  # large enough that some units clip at 0 and some parameters at the bound
+        context.weight.mul_(40.0)
+    x = torch.randint(0, 4, (2, channels, height, width)).float()
+    params = torch.randn(3, 2, n_params, channels, height, width) * 100
+    got = context(x, params).detach().numpy()
+
+    w, mask = context.weight.detach().numpy(), context.mask.numpy()
+    own = params.clamp(-CausalContext.FEATURE_BOUND, CausalContext.FEATURE_BOUND).numpy()
+    from_params, bias = context.from_params.detach().numpy(), context.bias.detach().numpy()
+    out, out_bias = context.out.detach().numpy(), context.out_bias.detach().numpy()
+    assert (own == CausalContext.FEATURE_BOUND).any() and (own < CausalContext.FEATURE_BOUND).any()
+    expected = np.zeros((3, 2, n_params, channels, height, width))
+    clipped = set()
+    for s, b, i, j in itertools.product(range(3), range(2), range(height), range(width)):
+        units = bias + from_params @ own[s, b, :, :, i, j].reshape(-1)
+        for c, dy, dx in itertools.product(range(channels), range(2 * radius + 1), range(2 * radius + 1)):
+            row, col = i + dy - radius, j + dx - radius
+            if mask[dy, dx] and 0 <= row < height and 0 <= col < width:
+                units = units + w[:, c, dy, dx] * x[b, c, row, col].item()
+        clipped |= {bool(u < 0) for u in units}
+        expected[s, b, :, :, i, j] = (out @ units.clip(0, CausalContext.MAX_ACTIVATION) + out_bias).reshape(
+            n_params, channels
+        )
+    assert clipped == {True, False}  # both sides of the clip were exercised
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-3)
 
 
 def test_context_needs_images_and_a_discrete_likelihood():
