@@ -275,6 +275,7 @@ OPTION_CASES = [
         ("train", T, "--clip-grad", "0", r"gradient clip must be > 0, got 0"),
         ("train", T, "--weight-decay", "-1", r"weight decay must be >= 0, got -1"),
         ("train", T, "--skip-threshold", "-1", r"threshold must be > 0, got -1"),
+        ("train", T, "--skip-factor", "1", r"skipping factor must be > 1 \(times the median gradient norm\), got 1"),
         ("train", T, "--patience", "-1", r"patience must be >= (0|1), got -1"),
         ("train", T, "--k", "0", r"--k: must be >= 1, got 0"),
         ("train", T, "--latent", "0", r"--latent: must be >= 1, got 0"),

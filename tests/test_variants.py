@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 import vaekit
+from vaekit import io as model_io
 from vaekit import trainer as train_module
 from vaekit.cli import main
 from vaekit.data import load
@@ -118,8 +119,44 @@ def test_training_stops_with_a_clear_error_when_every_update_is_skipped_for_long
     norms = iter([1.0, 1e9] * 10_000)
     monkeypatch.setattr(train_module, "SKIPPED_IN_A_ROW", 2)
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda params, max_norm: torch.tensor(next(norms)))
-    run = vaekit.train("digits", tmp_path / "t", skip_threshold=10.0, epochs=2, batch_size=8, **SMALL)
+    run = vaekit.train("digits", tmp_path / "t", skip_threshold=10.0, epochs=3, batch_size=8, **SMALL)
     assert run.metrics[-1]["skipped_updates"] == run.metrics[-1]["step"] // 2
+
+
+def feed_norms(monkeypatch, norms):
+    """Every step's gradient norm, as the update-skipping rules see it, comes from `norms` (the gradients
+    themselves are the model's own)."""
+    sequence = iter(norms)
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda params, max_norm: torch.tensor(next(sequence)))
+
+
+def test_the_skip_factor_skips_spikes_against_the_median_of_recent_norms(tmp_path, monkeypatch):
+    # digits' fit part at batches of 8: 152 steps an epoch; norms near 1, spikes of 30 at steps 20, 90, 91, 130
+    history = train_module.SKIP_HISTORY
+    norms = [1.0 + 0.1 * (step % 7) for step in range(400)]
+    for step in (20, 90, 91, 130):
+        norms[step] = 30.0
+    feed_norms(monkeypatch, norms)
+    run = vaekit.train("digits", tmp_path / "s", skip_factor=10.0, epochs=1, batch_size=8, **SMALL)
+    assert run.metrics[-1]["step"] > 130 > 20 + history > 20
+    assert run.metrics[-1]["skipped_updates"] == 3  # not step 20, before the median had 50 steps behind it
+    kept = model_io.load_checkpoint(run.run_dir, run.model, torch.optim.Adam(run.model.parameters()))[1]
+    steps = run.metrics[-1]["step"]  # the median's window goes into the checkpoint, for an exact resume
+    assert kept["recent_norms"] == pytest.approx(norms[steps - train_module.SKIP_WINDOW : steps])
+
+
+def test_the_skip_factor_follows_norms_that_grow_for_good_where_a_threshold_stops(tmp_path, monkeypatch):
+    window, onset = train_module.SKIP_WINDOW, 2 * train_module.SKIP_WINDOW
+    norms = [1.0] * onset + [1000.0] * 1000  # a model whose gradients are 1000 times larger from step 200 on
+    feed_norms(monkeypatch, norms)
+    run = vaekit.train("digits", tmp_path / "f", skip_factor=10.0, epochs=3, batch_size=8, **SMALL)
+    # skipped until half the window holds the new norms and the median is theirs; none after
+    assert run.metrics[-1]["step"] > onset + window
+    assert run.metrics[-1]["skipped_updates"] == window // 2
+
+    feed_norms(monkeypatch, norms)
+    with pytest.raises(train_module.TrainingError, match="above the skip limit of 10"):
+        vaekit.train("digits", tmp_path / "t", skip_threshold=10.0, epochs=3, batch_size=8, **SMALL)
 
 
 def test_time_budget_ends_training_on_time_with_the_learning_rate_decayed(tmp_path, monkeypatch):

@@ -241,6 +241,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip updates whose gradient norm exceeds this; 100 skipped in a row stop training",
     )
     p.add_argument(
+        "--skip-factor",
+        type=_finite_float,
+        metavar="F",
+        help="skip updates whose gradient norm exceeds F times the median of the last 100 steps' (from step 50 on; "
+        "no threshold to tune per model); with --skip-threshold, the lower limit applies",
+    )
+    p.add_argument(
         "--on-nan", choices=ON_NAN, default="stop",
         help="a NaN/inf loss or gradient: stop, naming the epoch and step (default), or skip that update",
     )  # fmt: skip
@@ -417,7 +424,8 @@ def _train(args: argparse.Namespace) -> None:
             hidden=args.hidden, prior=args.prior, pseudo_inputs=args.pseudo_inputs, conditional=args.conditional,
             layers=args.layers, context=args.context, context_hidden=args.context_hidden, mixture=args.mixture,
             layer_norm=args.layer_norm, objective=args.objective,
-            k=args.k, iwae_tail=args.iwae_tail, skip_threshold=args.skip_threshold, on_nan=args.on_nan,
+            k=args.k, iwae_tail=args.iwae_tail, skip_threshold=args.skip_threshold, skip_factor=args.skip_factor,
+            on_nan=args.on_nan,
             time_budget=args.time_budget,
             data_dir=args.data_dir, download=args.download, size=args.size, label=args.label,
             heldout_fraction=args.heldout, quiet=args.quiet, epochs=args.epochs, batch_size=args.batch_size,

@@ -68,8 +68,8 @@ def train(
     `mixture` (discretised data: each value's likelihood a mixture of this many discretised logistics),
     `layer_norm` (a hierarchical model: each residual cell starts with a LayerNorm).
     `options` are TrainConfig fields: epochs, batch_size, lr, beta, warmup_epochs, free_bits, clip_grad,
-    weight_decay, patience, binarize, objective, k, iwae_tail, skip_threshold, on_nan, precision, seed. Under
-    torchrun, every process calls this; rank 0 writes.
+    weight_decay, patience, binarize, objective, k, iwae_tail, skip_threshold, skip_factor, on_nan, precision,
+    seed. Under torchrun, every process calls this; rank 0 writes.
     """
     config = TrainConfig(**options)
     if config.binarize is not None:

@@ -8,12 +8,14 @@ written atomically after the first epoch, then at most every SAVE_EVERY_SECONDS,
 
 from __future__ import annotations
 
+import collections
 import csv
 import dataclasses
 import functools
 import gc
 import io
 import math
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -48,6 +50,10 @@ MAX_SEED = 2**63 - 1  # what torch.Generator.manual_seed takes
 NONFINITE_IN_A_ROW = 100  # under --on-nan skip, this many non-finite steps in a row stop training: it will not recover
 # and this many updates in a row above --skip-threshold: the model is stuck where every gradient is an 'outlier'
 SKIPPED_IN_A_ROW = 100
+# --skip-factor: the median gradient norm of the last SKIP_WINDOW steps (skipped ones too, so that norms which grow
+# for good are soon the norm) is the scale, once SKIP_HISTORY steps have made one
+SKIP_WINDOW = 100
+SKIP_HISTORY = 50
 DEEP_LR_WARMUP = 200  # steps: without a warm-up, the default hierarchical recipe diverged in its first epoch
 ADAM_BETAS = (0.9, 0.99)  # a shorter second-moment memory than the usual 0.999: measured faster to a target -ELBO
 
@@ -76,6 +82,7 @@ class TrainConfig:
     k: int = 5  # importance samples of the IWAE objective
     iwae_tail: float = 0.0  # train the last fraction of the run (of its time, under a budget) on the IWAE bound
     skip_threshold: float | None = None  # skip updates whose gradient norm exceeds this (VDVAE); None: never
+    skip_factor: float | None = None  # ... or this many times the median norm of the last SKIP_WINDOW steps
     on_nan: str = "stop"  # a NaN/inf loss or gradient: "stop" naming the epoch and step, or "skip" that update
     time_budget: float | None = None  # wall-clock seconds, evaluation and saving included: training ends (and its
     # learning rate decays) by then
@@ -109,6 +116,8 @@ class TrainConfig:
             (self.time_budget is None or self.time_budget > 0, f"time budget must be > 0 s, got {self.time_budget}"),
             (self.skip_threshold is None or self.skip_threshold > 0,
              f"the update-skipping threshold must be > 0, got {self.skip_threshold}"),
+            (self.skip_factor is None or (math.isfinite(self.skip_factor) and self.skip_factor > 1),
+             f"the update-skipping factor must be > 1 (times the median gradient norm), got {self.skip_factor}"),
             (isinstance(self.seed, int) and 0 <= self.seed <= MAX_SEED,
              f"seed must lie in 0..{MAX_SEED}, got {self.seed}"),
             (self.on_nan in ON_NAN, f"on_nan must be one of {', '.join(ON_NAN)}, got {self.on_nan}"),
@@ -274,6 +283,7 @@ class Trainer:
         self.tail_start: int | None = None
         self.tail_progress = 0.0
         self._nonfinite_in_a_row = self._skipped_in_a_row = 0
+        self._recent_norms: collections.deque[float] = collections.deque(maxlen=SKIP_WINDOW)  # for --skip-factor
         self.seconds, self.wall = 0.0, 0.0  # optimisation time; wall-clock time of training, evaluation and saving
         self._best_state: dict[str, torch.Tensor] | None = None  # best weights not yet written
         self._last_save = self._last_epoch_end = -math.inf
@@ -285,7 +295,7 @@ class Trainer:
         rng = {"generator": self.generator.get_state()}
         state = {"epoch": self.epoch, "step": self.step, "seconds": self.seconds, "wall": self.wall,
                  "best": self.best, "skipped": self.skipped, "tail_start": self.tail_start,
-                 "tail_progress": self.tail_progress}  # fmt: skip
+                 "tail_progress": self.tail_progress, "recent_norms": list(self._recent_norms)}  # fmt: skip
         model_io.save_checkpoint(
             self.run_dir, self.model, self.optimizer, rng, {**state, "bad_epochs": self.bad_epochs}
         )
@@ -300,6 +310,7 @@ class Trainer:
         self.best, self.bad_epochs, self.skipped = state["best"], state["bad_epochs"], state.get("skipped", 0)
         self.wall = state.get("wall", self.seconds)
         self.tail_start, self.tail_progress = state.get("tail_start"), state.get("tail_progress", 0.0)
+        self._recent_norms.extend(state.get("recent_norms", []))
         self.metrics = read_metrics(self.run_dir)[: self.epoch]
 
     def release_ddp(self) -> None:
@@ -473,19 +484,22 @@ class Trainer:
         loss = -objective.sum() * (self.world / n)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if cfg.on_nan == "skip" or cfg.skip_threshold is not None:
+        skipping = cfg.skip_threshold is not None or cfg.skip_factor is not None
+        if cfg.on_nan == "skip" or skipping:
             # the norm, unchanged; taken after DDP's all-reduce, so every rank decides alike
             norm = torch.nn.utils.clip_grad_norm_(model.parameters(), math.inf)
         if cfg.on_nan == "skip" and not self._finite_step(loss, norm):
             return None
-        if cfg.skip_threshold is not None and not norm <= cfg.skip_threshold:  # also NaN: an outlier update
-            self.skipped += 1  # would undo many good ones
+        limit = self._skip_limit(float(norm)) if skipping else None
+        if limit is not None and not norm <= limit:  # also NaN: an outlier update would undo many good ones
+            self.skipped += 1
             self._skipped_in_a_row += 1
             if self._skipped_in_a_row >= SKIPPED_IN_A_ROW:
                 raise TrainingError(
                     f"every update for {SKIPPED_IN_A_ROW} steps in a row, up to epoch {self.epoch + 1}, step "
-                    f"{self.step + 1}, had a gradient norm above the skip threshold of {cfg.skip_threshold:g} (the "
-                    f"last: {float(norm):.4g}), so the model cannot move: raise --skip-threshold or lower --lr"
+                    f"{self.step + 1}, had a gradient norm above the skip limit of {limit:g} (the last: "
+                    f"{float(norm):.4g}), so the model cannot move: raise --skip-threshold or --skip-factor, or "
+                    "lower --lr"
                 )
             return loss.detach(), r
         self._skipped_in_a_row = 0
@@ -493,6 +507,18 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
         self.optimizer.step()
         return loss, r
+
+    def _skip_limit(self, norm: float) -> float | None:
+        """The gradient norm above which this update is skipped: --skip-threshold, or --skip-factor times the
+        median of the norms before it, whichever is lower (None: neither applies yet). Records `norm`."""
+        cfg, limits = self.config, []
+        if cfg.skip_threshold is not None:
+            limits.append(cfg.skip_threshold)
+        if cfg.skip_factor is not None and len(self._recent_norms) >= SKIP_HISTORY:
+            limits.append(cfg.skip_factor * statistics.median(self._recent_norms))
+        if math.isfinite(norm):
+            self._recent_norms.append(norm)
+        return min(limits, default=None)
 
     def _finite_step(self, loss: torch.Tensor, norm: torch.Tensor) -> bool:
         """Whether this step's loss and gradient norm are finite; counts the ones that are not (a rank's NaN loss
