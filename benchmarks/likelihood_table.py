@@ -60,10 +60,6 @@ VAEKIT = {
     # and a latent layer of 4 maps (7x7) in that convolutional path, below the six dense layers (--arch hybrid);
     # its first run, at the recipe's threshold of 1000, stopped early in epoch 2 after 100 skipped updates in a row
     # (2026-11-30); at 3000 none was skipped
-    # and a pixel context: each pixel's Bernoulli also sees the 24 pixels before it through 8 hidden units, which
-    # also see the pixel's logit from z (with 32 units, 2.8 nats of held-out -ELBO ahead at epoch 10 of a
-    # one-thread pilot, but 1.7 times the step cost; 8 units cost 1.15 times)
-    "vaekit-hierarchical-conv-context": dict(DEEP, arch="conv", context=3, context_hidden=8),
     "vaekit-hybrid": dict(DEEP, layers=(4, *DEEP["layers"]), arch="hybrid", skip_threshold=3000.0),
 }
 PYTHAE = {
