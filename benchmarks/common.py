@@ -52,6 +52,16 @@ def fashion_mnist_or_random() -> tuple[data.Dataset, data.Dataset, str]:
         return fake(60_000), fake(10_000), "RANDOM 8-bit images (Fashion-MNIST is not installed)"
 
 
+def timed(fn, repeats: int) -> tuple[float, object]:
+    """The median seconds of `repeats` calls of fn, and the last call's result."""
+    times, result = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), result
+
+
 def print_figures(rows: list[tuple[str, str]]) -> None:
     """(name, value) rows as a two-column table."""
     width = max(len(name) for name, _ in rows) + 2

@@ -13,12 +13,10 @@ measured in the same run.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
-from common import cpu_name, matmul_gflops, print_figures, write_json
+from common import cpu_name, matmul_gflops, print_figures, timed, write_json
 
 from vaekit.nn import CausalContext
 
@@ -39,12 +37,7 @@ def one_by_one_convolutions(context: CausalContext, x: torch.Tensor, params: tor
 
 def median_seconds(fn, repeats: int) -> float:
     fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return timed(fn, repeats)[0]
 
 
 def measure(hidden: int, repeats: int, gen: torch.Generator) -> dict:

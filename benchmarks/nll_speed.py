@@ -13,12 +13,10 @@ this machine's fp32 matmul peak (measured in the same run) and both estimates.
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
 
 import torch
-from common import cpu_name, fashion_mnist_or_random, matmul_gflops, print_figures, write_json
+from common import cpu_name, fashion_mnist_or_random, matmul_gflops, print_figures, timed, write_json
 from peers import copy_into_vaekit, dynamic_binarisation_dataset, pythae_model, train_pythae
 
 from vaekit.evaluate import negative_log_likelihood
@@ -26,15 +24,6 @@ from vaekit.models import VAE, ModelConfig
 from vaekit.trainer import EVAL_SEED
 
 HIDDEN, LATENT = (400,), 20
-
-
-def timed(fn, repeats: int) -> tuple[float, object]:
-    times, result = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
 
 
 def main() -> None:
