@@ -516,7 +516,7 @@ class Trainer:
             limits.append(cfg.skip_threshold)
         if cfg.skip_factor is not None and len(self._recent_norms) >= SKIP_HISTORY:
             limits.append(cfg.skip_factor * statistics.median(self._recent_norms))
-        if math.isfinite(norm):
+        if cfg.skip_factor is not None and math.isfinite(norm):
             self._recent_norms.append(norm)
         return min(limits, default=None)
 
