@@ -10,8 +10,9 @@ import vaekit
 from vaekit.cli import main
 from vaekit.data import DataSpec
 from vaekit.errors import OptionError
+from vaekit.hierarchical import joined_linear
 from vaekit.models import ModelConfig, build
-from vaekit.nn import latent_grid
+from vaekit.nn import ConvHead, latent_grid
 
 SPEC = DataSpec("levels", (3,), levels=2)
 
@@ -136,6 +137,26 @@ def test_conv_head_starts_at_zero_and_keeps_leading_dimensions_apart():
     together = model.out_conv(h)
     apart = torch.stack([torch.stack([model.out_conv(h[i, j : j + 1])[0] for j in range(5)]) for i in range(4)])
     assert together.abs().min() > 0 and torch.allclose(together, apart, atol=1e-5)
+
+
+@torch.no_grad()
+def test_conv_head_keeps_the_plain_convolutions_order_of_outputs():
+    # it runs its convolutions channels-last for speed; its flat output must stay parameter, channel, row, column
+    torch.manual_seed(0)
+    head = ConvHead(16, (3, 8, 8), n_params=2)
+    for p in head.parameters():
+        p.add_(torch.randn_like(p))
+    h = torch.randn(5, 16)
+    plain = head.conv(head.head(h).view(-1, *head.start).contiguous()).flatten(1)
+    assert plain.abs().min() > 0 and torch.allclose(head(h), plain, atol=1e-5)
+
+
+def test_posterior_layer_on_the_joined_input_meets_each_item_once():
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(10, 4)
+    h, f = torch.randn(7, 3, 5), torch.randn(3, 5)  # 7 samples of the state of 3 items, and the items' features
+    joined = layer(torch.cat([h, f.expand_as(h)], -1))
+    assert torch.allclose(joined_linear(layer, h, f), joined, atol=1e-6)
 
 
 def test_conv_head_from_the_command_line_trains_saves_and_loads(tmp_path):

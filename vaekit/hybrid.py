@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from vaekit.dist import DiagonalGaussian
-from vaekit.hierarchical import HierarchicalVAE, _corrected, _gaussian
+from vaekit.hierarchical import HierarchicalVAE, _corrected, _gaussian, joined_linear
 from vaekit.models import ModelConfig
 from vaekit.nn import downsamplings, strided_convolutions
 from vaekit.spatial import MapCell, OnMaps, ToMaps
@@ -65,7 +65,7 @@ class HybridHierarchicalVAE(HierarchicalVAE):
     def _posterior(self, layer: int, h: torch.Tensor, f: torch.Tensor, prior: DiagonalGaussian) -> DiagonalGaussian:
         if layer == 0:
             return _corrected(prior, self.map_posterior(torch.cat([h, f.expand_as(h)], -3)))
-        return _corrected(prior, self.posteriors[layer - 1](torch.cat([h, f.expand_as(h)], -1)))
+        return _corrected(prior, joined_linear(self.posteriors[layer - 1], h, f))
 
     def _descend(self, lead: tuple[int, ...], choose) -> tuple[torch.Tensor, torch.Tensor]:
         """The dense path, then the map layer; returns the final dense state and maps."""

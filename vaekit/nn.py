@@ -137,8 +137,9 @@ class ConvHead(nn.Module):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         """(..., width) -> (..., n_params * channels * height * width), flat like a dense layer's output."""
-        out = self.conv(self.head(h).reshape(-1, *self.start))
-        return out.reshape(*h.shape[:-1], -1)
+        # channels-last: oneDNN ran these transposed convolutions 1.4-1.9 times as fast so (16 maps, 2 threads)
+        maps = self.head(h).reshape(-1, *self.start).contiguous(memory_format=torch.channels_last)
+        return self.conv(maps).reshape(*h.shape[:-1], -1)
 
 
 class CausalContext(nn.Module):

@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vaekit.hierarchical import HierarchicalVAE
+from vaekit.dist import DiagonalGaussian
+from vaekit.hierarchical import HierarchicalVAE, _corrected
 from vaekit.models import ModelConfig
 from vaekit.nn import downsamplings, latent_grid, strided_convolutions
 
@@ -97,3 +98,6 @@ class SpatialHierarchicalVAE(HierarchicalVAE):
 
     def _embedding(self, x: torch.Tensor) -> torch.Tensor:
         return self.embed(self._encoder_input(x))
+
+    def _posterior(self, layer: int, h: torch.Tensor, f: torch.Tensor, prior: DiagonalGaussian) -> DiagonalGaussian:
+        return _corrected(prior, self.posteriors[layer](torch.cat([h, f.expand_as(h)], -3)))  # along the channels
