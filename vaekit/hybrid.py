@@ -79,6 +79,6 @@ class HybridHierarchicalVAE(HierarchicalVAE):
 
     def _likelihood_of(self, state: tuple[torch.Tensor, torch.Tensor]):
         h, maps = state
-        lead = self._lead(h)
-        from_maps = self.out_conv.conv(maps.reshape(-1, *maps.shape[-3:])).reshape(*lead, -1)
-        return self._likelihood((self.out(h) + from_maps).view(*lead, -1, *self.spec.shape))
+        return self._likelihood(
+            (self.out(h) + self.out_conv.from_maps(maps)).view(*self._lead(h), -1, *self.spec.shape)
+        )
