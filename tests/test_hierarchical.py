@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import vaekit
 from vaekit.cli import main
@@ -12,7 +13,7 @@ from vaekit.data import DataSpec
 from vaekit.errors import OptionError
 from vaekit.hierarchical import joined_linear
 from vaekit.models import ModelConfig, build
-from vaekit.nn import ConvHead, latent_grid
+from vaekit.nn import ConvHead, SubPixelConvTranspose2d, latent_grid
 
 SPEC = DataSpec("levels", (3,), levels=2)
 
@@ -149,6 +150,25 @@ def test_conv_head_keeps_the_plain_convolutions_order_of_outputs():
     h = torch.randn(5, 16)
     plain = head.conv(head.head(h).view(-1, *head.start).contiguous()).flatten(1)
     assert plain.abs().min() > 0 and torch.allclose(head(h), plain, atol=1e-5)
+
+
+def test_sub_pixel_transposed_convolution_computes_the_transposed_convolution():
+    torch.manual_seed(0)
+    layer = SubPixelConvTranspose2d(16, 3)
+    x = torch.randn(2, 16, 5, 6, requires_grad=True)
+    out = layer(x)
+    plain = F.conv_transpose2d(x, layer.weight, layer.bias, stride=2, padding=1)
+    assert out.shape == plain.shape == (2, 3, 10, 12) and torch.allclose(out, plain, atol=1e-5)
+    push = torch.randn_like(out)
+    for ours, theirs in zip(
+        torch.autograd.grad(out, [x, layer.weight, layer.bias], push),
+        torch.autograd.grad(plain, [x, layer.weight, layer.bias], push),
+        strict=True,
+    ):
+        assert torch.allclose(ours, theirs, atol=1e-4)
+    # a conv head's last layer (16 maps to one logit per pixel) takes that form; 16 to 16 keeps the plain one
+    layers = list(ConvHead(8, (1, 28, 28), n_params=1).conv)
+    assert type(layers[-1]) is SubPixelConvTranspose2d and type(layers[1]) is torch.nn.ConvTranspose2d
 
 
 def test_posterior_layer_on_the_joined_input_meets_each_item_once():
