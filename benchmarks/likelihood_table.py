@@ -124,8 +124,11 @@ def measure(name: str, source: str, budget: float, heldout: float, k: int, out: 
     with torch.no_grad():
         elbo = evaluate_elbo(model, x, generator=torch.Generator().manual_seed(EVAL_SEED))
         # saved as it goes, so that in a kept run folder (--runs) an evaluation cut short goes on where it
-        # stopped; not for pythae's models, which are trained afresh each time (an old file would be refused)
-        checkpoint = out / name / f"test-nll-k{k}.safetensors" if name in VAEKIT else None
+        # stopped, and so that the per-image estimates of two rows can be compared; pythae's models are
+        # trained afresh each time, so their old file goes (it would be refused)
+        checkpoint = out / name / f"test-nll-k{k}.safetensors"
+        if name not in VAEKIT:
+            checkpoint.unlink(missing_ok=True)
         nll = negative_log_likelihood(model, x, k, checkpoint=checkpoint)
     return {
         "train_seconds": seconds,

@@ -111,7 +111,8 @@ class SubPixelConvTranspose2d(nn.ConvTranspose2d):
     """A stride-2 4x4 transposed convolution with padding 1, the same function of the same parameters,
     computed as a 3x3 convolution to four times the channels (one per output phase) and a pixel shuffle
     (Shi et al. 2016). oneDNN runs that form faster when the outputs are few: 16 -> 1 channels, 14x14 ->
-    28x28, about half the time (2 threads); with as many outputs as inputs the transposed form was faster."""
+    28x28, a forward pass in about half the time, a training step's in 0.8 (2 threads, channels-last);
+    with as many outputs as inputs the transposed form was faster."""
 
     def __init__(self, inputs: int, outputs: int):
         super().__init__(inputs, outputs, 4, stride=2, padding=1)
