@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 import vaekit
 from vaekit import data
 from vaekit.codec import container
-from vaekit.codec.parallel import available_cores
+from vaekit.parallel import available_cores
 from vaekit.trainer import evaluate_elbo
 
 

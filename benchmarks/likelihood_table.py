@@ -129,7 +129,7 @@ def measure(name: str, source: str, budget: float, heldout: float, k: int, out: 
         checkpoint = out / name / f"test-nll-k{k}.safetensors"
         if name not in VAEKIT:
             checkpoint.unlink(missing_ok=True)
-        nll = negative_log_likelihood(model, x, k, checkpoint=checkpoint)
+        nll = negative_log_likelihood(model, x, k, checkpoint=checkpoint, workers=None)  # a process per core
     return {
         "train_seconds": seconds,
         "epochs": epochs,

@@ -9,6 +9,7 @@ import vaekit
 from vaekit import data
 from vaekit.codec import container
 from vaekit.codec.rans import CodecError
+from vaekit.errors import OptionError
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +53,7 @@ def test_shards_give_the_same_bytes_in_one_process_or_several(model, levels, sha
         decoded = []
         back = container.decompress(model, sharded_blob, workers=workers, progress=decoded.append)
         assert np.array_equal(back, levels) and sum(decoded) == len(levels)
-    with pytest.raises(CodecError, match="workers must be >= 1, got 0"):
+    with pytest.raises(OptionError, match="workers must be >= 1, got 0"):
         container.compress(model, levels, workers=0)
 
 

@@ -187,6 +187,18 @@ def test_an_interrupted_nll_resumes_from_its_checkpoint_to_the_unbroken_runs_exa
     assert calls[0] == 0  # a finished file answers without sampling
 
 
+def test_nll_figures_do_not_depend_on_how_many_processes_estimate_them():
+    model, w, b = ppca(perturb=True)
+    x = data(w, b, n=40)
+    alone = negative_log_likelihood(model, x, 200, batch_size=8, progress=False)
+    shared = negative_log_likelihood(model, x, 200, batch_size=8, progress=False, workers=2)
+    # each batch has its own seed, so two processes draw the very samples one does; only the float
+    # arithmetic may differ, with their other thread counts
+    assert shared == pytest.approx(alone, rel=1e-6) and alone["nll_stderr"] > 1e-3
+    reseeded = negative_log_likelihood(model, x, 200, batch_size=8, progress=False, seed=1)
+    assert abs(reseeded["nll"] - alone["nll"]) > 1e-4  # another seed: other samples, another figure
+
+
 def test_an_nll_checkpoint_is_refused_for_other_settings_or_weights_and_when_corrupt(tmp_path):
     model, w, b = ppca(perturb=True)
     x, file = data(w, b, n=16), tmp_path / "nll.safetensors"

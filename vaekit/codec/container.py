@@ -18,7 +18,7 @@ byte of overhead shows in the bits per value.
 
 Large data are cut into shards, consecutive runs of items coded as separate messages (as
 `shard_sizes` cuts them: the count gives their sizes), so that the cores of a machine code them side
-by side, in processes (see `parallel`). How many shards depends only on the data's size, never on the
+by side, in processes (see `vaekit.parallel`). How many shards depends only on the data's size, never on the
 machine, so the same input gives the same file anywhere, and any machine decodes it.
 
 The checksum catches a truncated or altered file before any decoding starts; the model fingerprint
@@ -40,9 +40,9 @@ import torch
 
 from vaekit.codec import rans
 from vaekit.codec.bitsback import BitsBackCodec, lanes_for
-from vaekit.codec.parallel import map_shards
 from vaekit.codec.rans import CodecError
 from vaekit.models import LatentVariableModel
+from vaekit.parallel import map_shards
 
 MAGIC = b"VAEKITZ\0"
 FORMAT_VERSION = 3  # 2: items in interleaved chains, one per lane; 3: in shards
