@@ -40,8 +40,8 @@ def hybrid_384() -> torch.nn.Module:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--items", type=int, default=512, help="images to estimate (default 512: two batches)")
-    parser.add_argument("--k", type=int, default=200, help="importance samples per image")
+    parser.add_argument("--items", type=int, default=1024, help="images to estimate (default 1024: four batches)")
+    parser.add_argument("--k", type=int, default=300, help="importance samples per image")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
