@@ -41,7 +41,7 @@ def test_vampprior_trains_samples_and_its_nll_lies_below_its_negative_elbo(tmp_p
     )
 
 
-def test_evaluate_nll_checkpoint_gives_the_same_figures_again_and_refuses_another_k(tmp_path, capsys):
+def test_evaluate_nll_checkpoint_and_workers_give_the_same_figures_and_another_k_is_refused(tmp_path, capsys):
     run = vaekit.train("digits", tmp_path / "v", epochs=1, **SMALL)
     file, first, again = tmp_path / "nll.safetensors", tmp_path / "1.json", tmp_path / "2.json"
     for out in (first, again):
@@ -54,6 +54,13 @@ def test_evaluate_nll_checkpoint_gives_the_same_figures_again_and_refuses_anothe
     assert f"{file}: saved for another model" in capsys.readouterr().err
     assert run_cli("evaluate", run.run_dir, "--nll-checkpoint", file) == 1
     assert "--nll-checkpoint needs --nll" in capsys.readouterr().err
+    # two worker processes draw the same samples: the same figure, up to their float arithmetic
+    shared = tmp_path / "3.json"
+    assert run_cli("evaluate", run.run_dir, "--nll", "--k", 32, "--no-probe", "--workers", 2, "-o", shared) == 0
+    assert json.loads(shared.read_text())["nll"] == pytest.approx(json.loads(first.read_text())["nll"], rel=1e-6)
+    capsys.readouterr()
+    assert run_cli("evaluate", run.run_dir, "--workers", 2) == 1
+    assert "--workers needs --nll" in capsys.readouterr().err
 
 
 def test_vampprior_refuses_free_bits(tmp_path):
