@@ -28,7 +28,7 @@ from vaekit.dist import DiagonalGaussian
 from vaekit.hierarchical import HierarchicalVAE, _corrected, _gaussian, joined_linear
 from vaekit.models import ModelConfig
 from vaekit.nn import downsamplings, strided_convolutions
-from vaekit.spatial import MapCell, OnMaps, ToMaps
+from vaekit.spatial import MapCell, OnMaps, ToMaps, joined_maps
 
 
 class HybridHierarchicalVAE(HierarchicalVAE):
@@ -64,7 +64,7 @@ class HybridHierarchicalVAE(HierarchicalVAE):
 
     def _posterior(self, layer: int, h: torch.Tensor, f: torch.Tensor, prior: DiagonalGaussian) -> DiagonalGaussian:
         if layer == 0:
-            return _corrected(prior, self.map_posterior(torch.cat([h, f.expand_as(h)], -3)))
+            return _corrected(prior, joined_maps(self.map_posterior, h, f))
         return _corrected(prior, joined_linear(self.posteriors[layer - 1], h, f))
 
     def _descend(self, lead: tuple[int, ...], choose) -> tuple[torch.Tensor, torch.Tensor]:

@@ -5,9 +5,9 @@ For the codec, threads would share one Python lock: its many small NumPy steps h
 coded only 1.35 times as fast as one; two processes reach 1.5 to 1.7 times (benchmarks/compression.py,
 10,000 Fashion-MNIST images). For importance sampling, two one-thread processes estimated a deep
 model's log-likelihood 1.13 times as fast as one two-thread process (benchmarks/nll_workers.py, 2
-cores), since torch's small operations split poorly over threads. Workers start fresh (forkserver or spawn, never a
-bare fork: a forked child of a process whose OpenMP threads have run can hang), so, as with any
-`multiprocessing` code, a script that uses several workers must guard its entry point with
+cores), since torch's small operations split poorly over threads. Workers start fresh (forkserver or
+spawn, never a bare fork: a forked child of a process whose OpenMP threads have run can hang), so, as
+with any `multiprocessing` code, a script that uses several workers must guard its entry point with
 `if __name__ == "__main__":`.
 """
 

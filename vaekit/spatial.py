@@ -53,6 +53,12 @@ class ToMaps(nn.Module):
         return self.conv(z.view(*z.shape[:-1], *self.shape))
 
 
+def joined_maps(layer: nn.Module, h: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """layer applied to the state's maps h beside the item's bottom-up maps f, joined along the channels
+    (f, one per item, broadcast over h's samples)."""
+    return layer(torch.cat([h, f.expand_as(h)], -3))
+
+
 class MapCell(nn.Module):
     """h + conv3x3(silu(conv3x3(a(h)))), the outer convolution zero at the start; a is silu, or a
     GroupNorm over all of a state's maps with `layer_norm` (the maps' LayerNorm)."""
@@ -100,4 +106,4 @@ class SpatialHierarchicalVAE(HierarchicalVAE):
         return self.embed(self._encoder_input(x))
 
     def _posterior(self, layer: int, h: torch.Tensor, f: torch.Tensor, prior: DiagonalGaussian) -> DiagonalGaussian:
-        return _corrected(prior, self.posteriors[layer](torch.cat([h, f.expand_as(h)], -3)))  # along the channels
+        return _corrected(prior, joined_maps(self.posteriors[layer], h, f))
