@@ -9,7 +9,8 @@ hard for one model are hard for the other.
     python benchmarks/paired_nll.py runs/pair/vaekit-hybrid-384 runs/pair/pythae-iwae
 
 Prints each row's mean NLL over the common images, the mean difference (first minus second) with its
-standard error over those images, and the importance-sampling standard error of that difference.
+standard error over those images, and the importance-sampling standard error of that difference; and
+each row's median effective sample size of its importance weights (out of k).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from pathlib import Path
 
 import safetensors
 import torch
+
+from vaekit.importance import effective_sample_size
 
 
 def per_image(folder: Path) -> tuple[torch.Tensor, torch.Tensor, str]:
@@ -42,6 +45,7 @@ def compare(first: Path, second: Path) -> dict[str, float]:
     if n < 2:
         raise SystemExit(f"only {n} image(s) done by both rows")
     diff = nll_a[:n] - nll_b[:n]
+    k = int(name_a.removeprefix("test-nll-k").removesuffix(".safetensors"))
     return {
         "images": n,
         "nll_first": float(nll_a[:n].mean()),
@@ -49,6 +53,9 @@ def compare(first: Path, second: Path) -> dict[str, float]:
         "difference": float(diff.mean()),
         "difference_stderr_over_images": float(diff.std() / math.sqrt(n)),
         "difference_stderr_sampling": float((var_a[:n] + var_b[:n]).sum().sqrt() / n),
+        "k": k,
+        "ess_first": float(effective_sample_size(var_a[:n], k).median()),
+        "ess_second": float(effective_sample_size(var_b[:n], k).median()),
     }
 
 
@@ -59,8 +66,9 @@ def main() -> None:
     args = parser.parse_args()
     r = compare(args.first, args.second)
     print(f"{r['images']} test images done by both")
-    print(f"  {args.first.name}: NLL {r['nll_first']:.3f}")
-    print(f"  {args.second.name}: NLL {r['nll_second']:.3f}")
+    for which, folder in (("first", args.first), ("second", args.second)):
+        ess = f"median effective sample size {r['ess_' + which]:.0f} of {r['k']}"
+        print(f"  {folder.name}: NLL {r['nll_' + which]:.3f}, {ess}")
     print(
         f"  difference {r['difference']:+.3f} nats, standard error {r['difference_stderr_over_images']:.3f} over "
         f"these images, {r['difference_stderr_sampling']:.4f} from the importance sampling"

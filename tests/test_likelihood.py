@@ -66,6 +66,7 @@ def test_optimal_encoder_makes_the_elbo_and_every_importance_weight_exact():
     est = model.importance_sampled(x, k=20, generator=torch.Generator().manual_seed(3))
     assert torch.allclose(est.log_px, exact, atol=2e-3)
     assert est.stderr.max() < 1e-3  # every weight equals p(x)
+    assert torch.allclose(est.effective_sample_size(), torch.full((len(x),), 20.0, dtype=torch.float64), rtol=1e-4)
     elbo, se = mean_elbo(model, x)
     assert ((elbo - exact).abs() <= 4 * se + 2e-3).all()
 
@@ -96,6 +97,8 @@ def test_running_log_mean_exp_matches_logsumexp_for_huge_weights_fed_in_passes()
     shifted = torch.exp(log_w - log_w.max(0).values)  # the delta method, directly
     assert torch.allclose(est.stderr, shifted.std(0) / math.sqrt(300) / shifted.mean(0), rtol=1e-9)
     assert est.k == 300
+    ess = shifted.sum(0) ** 2 / (shifted**2).sum(0)  # the effective sample size, directly
+    assert torch.allclose(est.effective_sample_size(), ess, rtol=1e-9)
 
 
 def test_gaussian_kl_in_closed_form_matches_monte_carlo():
@@ -195,6 +198,8 @@ def test_nll_figures_do_not_depend_on_how_many_processes_estimate_them():
     # each batch has its own seed, so two processes draw the very samples one does; only the float
     # arithmetic may differ, with their other thread counts
     assert shared == pytest.approx(alone, rel=1e-6) and alone["nll_stderr"] > 1e-3
+    # the suboptimal encoder: the weights differ, so fewer than k samples count, but far more than one
+    assert 10 < alone["nll_ess_median"] < 200
     reseeded = negative_log_likelihood(model, x, 200, batch_size=8, progress=False, seed=1)
     assert abs(reseeded["nll"] - alone["nll"]) > 1e-4  # another seed: other samples, another figure
 

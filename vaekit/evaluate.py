@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from vaekit import io as model_io
 from vaekit.data import Dataset
 from vaekit.errors import VaekitError
+from vaekit.importance import effective_sample_size
 from vaekit.models import LatentVariableModel
 from vaekit.parallel import imap_shards
 from vaekit.trainer import EVAL_SEED, bits_per_dim, evaluate_elbo, labels_for
@@ -89,7 +90,10 @@ def negative_log_likelihood(
     """Mean importance-sampled -log p(x) over model-space data x, in nats, with its standard error.
 
     `nll_stderr` is the standard error of the mean from the importance sampling alone (the items are
-    fixed): sqrt(sum of the per-item squared standard errors) / n.
+    fixed): sqrt(sum of the per-item squared standard errors) / n. `nll_ess_median` is the median over
+    items of the weights' effective sample size (sum w)^2 / sum w^2: far below k, an item's estimate
+    rests on a few samples and its log p(x) likely reads low (the NLL high): a larger k, or a better
+    encoder, would move it.
 
     Each batch draws its samples from a generator of its own, seeded from `seed` and the batch's
     number, so the figures are the same however the batches are shared out: `workers` processes
@@ -130,6 +134,8 @@ def negative_log_likelihood(
                 saved_at = time.monotonic()
     nll = -float(log_px.mean())
     result: dict[str, float | int] = {"nll": nll, "nll_stderr": math.sqrt(float(variance.sum())) / len(x), "nll_k": k}
+    if k > 1 and len(x):
+        result["nll_ess_median"] = float(effective_sample_size(variance, k).median())
     bpd = bits_per_dim(nll, model)
     if bpd is not None:
         result["nll_bits_per_dim"] = bpd

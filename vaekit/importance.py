@@ -21,6 +21,16 @@ class ISEstimate:
     stderr: torch.Tensor
     k: int
 
+    def effective_sample_size(self) -> torch.Tensor:
+        """(sum w)^2 / sum w^2 per example, from 1 (one weight dominates) to k (all equal)."""
+        return effective_sample_size(self.stderr**2, self.k)
+
+
+def effective_sample_size(variance: torch.Tensor, k: int) -> torch.Tensor:
+    """The importance weights' effective sample size, recovered from the estimate's variance by the delta
+    method: variance = (mean w^2 / (mean w)^2 - 1) / (k - 1), and the size is k (mean w)^2 / mean w^2."""
+    return k / (1 + variance * (k - 1))
+
 
 class RunningLogMeanExp:
     """log (1/k) sum_i exp(log_w_i) per example, fed a pass of log-weights (n, batch) at a time."""

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
@@ -22,6 +24,7 @@ import torch
 from vaekit.errors import OptionError
 
 _POLL_SECONDS = 0.1
+_ORPHAN_POLL_SECONDS = 1.0
 
 # set in each worker by `_start_worker`: the shared first argument of every task, and where progress goes
 _shared: object = None
@@ -39,10 +42,25 @@ def _start_method() -> str:
     return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
 
 
-def _start_worker(shared: object, progress_queue, threads: int) -> None:
+def _exit_when_orphaned(owner: int) -> None:
+    # An owner killed outright (SIGKILL, or SIGTERM, which skips the pool's shutdown) would leave its
+    # workers running their batches on the cores for minutes, and nothing else tells them: under forkserver
+    # their parent is the forkserver, which they themselves keep alive. So they watch the owner's process.
+    while True:
+        time.sleep(_ORPHAN_POLL_SECONDS)
+        try:
+            os.kill(owner, 0)  # signal 0: is it there?
+        except ProcessLookupError:
+            os._exit(1)
+        except PermissionError:  # there, though another user's (its number reused): not ours to judge
+            pass
+
+
+def _start_worker(shared: object, progress_queue, threads: int, owner: int) -> None:
     global _shared, _progress_queue
     _shared, _progress_queue = shared, progress_queue
     torch.set_num_threads(threads)  # the cores shared out, not every worker on all of them
+    threading.Thread(target=_exit_when_orphaned, args=(owner,), daemon=True).start()
 
 
 def _worker_count(workers: int | None, shards: int) -> int:
@@ -53,7 +71,8 @@ def _worker_count(workers: int | None, shards: int) -> int:
 
 def _pool(context, workers: int, shared: object, progress_queue=None):
     threads = max(1, available_cores() // workers)
-    return context.Pool(workers, initializer=_start_worker, initargs=(shared, progress_queue, threads))
+    initargs = (shared, progress_queue, threads, os.getpid())
+    return context.Pool(workers, initializer=_start_worker, initargs=initargs)
 
 
 def _report(items: int) -> None:
