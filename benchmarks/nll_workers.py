@@ -17,20 +17,23 @@ import argparse
 
 import torch
 from common import cpu_name, matmul_gflops, print_figures, timed, write_json
+from likelihood_table import VAEKIT
 
 from vaekit.data import DataSpec
 from vaekit.evaluate import negative_log_likelihood
 from vaekit.models import ModelConfig, build
 from vaekit.parallel import available_cores
 
-LAYERS = (4, 32, 32, 16, 16, 8, 8)  # 4 maps of 7x7 under six dense layers, as vaekit-hybrid-384
-
 
 def hybrid_384() -> torch.nn.Module:
+    """The table's row itself, so that the two cannot drift apart."""
     torch.manual_seed(0)
+    options = VAEKIT["vaekit-hybrid-384"]
     spec = DataSpec("levels", (1, 28, 28), levels=2)
-    latents = LAYERS[0] * 7 * 7 + sum(LAYERS[1:])
-    config = ModelConfig(spec, "bernoulli", "hybrid", latents, (384,), layers=LAYERS, layer_norm=True)
+    config = ModelConfig.for_data(
+        spec, "bernoulli", options["arch"], None, options["hidden"], layers=options["layers"],
+        layer_norm=options["layer_norm"],
+    )  # fmt: skip
     model = build(config).eval()
     with torch.no_grad():  # its output and posterior layers start at zero: random weights everywhere instead
         for p in model.parameters():
