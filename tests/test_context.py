@@ -122,6 +122,20 @@ def test_the_hidden_units_compute_what_the_docstring_says():
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-3)
 
 
+def test_the_linear_context_is_a_masked_convolution():
+    """Without hidden units each pixel's adjustment is PixelCNN's mask-A convolution of the images, the same
+    for every sample of the parameters."""
+    torch.manual_seed(0)
+    context = CausalContext(3, 2)
+    with torch.no_grad():
+        context.weight.normal_()
+    x = torch.randn(2, 3, 5, 6)
+    got = context(x, torch.zeros(4, 2, 1, 3, 5, 6))
+    expected = torch.nn.functional.conv2d(x, context.weight * context.mask, padding=2)
+    assert got.shape == (2, 1, 3, 5, 6)
+    torch.testing.assert_close(got[:, 0], expected, rtol=1e-5, atol=1e-5)
+
+
 def test_context_needs_images_and_a_discrete_likelihood():
     with pytest.raises(OptionError, match="needs images"):
         ModelConfig.for_data(DataSpec("levels", (6,), levels=3), context=1)
