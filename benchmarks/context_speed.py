@@ -1,5 +1,6 @@
 """Speed of the pixel context's hidden units (`--context 3 --context-hidden H`) against the same units
-computed with 1x1 convolutions (vaekit's form before 2026-11-30), in one run.
+computed with convolutions (a masked convolution in, 1x1 convolutions on channels-first maps: vaekit's form
+before 2026-11-30; its masked convolution stayed until 2026-12-01), in one run.
 
 For 28x28 one-channel images with a Bernoulli likelihood: a training step (forward and backward, a batch
 of 256) and an importance-sampling pass (forward only, 8 images x 125 samples of z), each the median of
@@ -23,8 +24,8 @@ from vaekit.nn import CausalContext
 SHAPE = (1, 28, 28)
 
 
-def one_by_one_convolutions(context: CausalContext, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-    """The baseline: the same hidden units, their 1x1 maps as convolutions on channels-first maps."""
+def convolutions(context: CausalContext, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    """The baseline: the same hidden units as convolutions on channels-first maps."""
     item = x.shape[-3:]
     seen = F.conv2d(x.reshape(-1, *item), context.masked_weight, padding=context.radius)
     own = params.clamp(-context.FEATURE_BOUND, context.FEATURE_BOUND).flatten(-4, -3)
@@ -49,9 +50,9 @@ def measure(hidden: int, repeats: int, gen: torch.Generator) -> dict:
     batch = torch.bernoulli(torch.full((256, *SHAPE), 0.3), generator=gen)
     logits = torch.randn(256, 1, *SHAPE, generator=gen, requires_grad=True)
     images, sampled = batch[:8], torch.randn(125, 8, 1, *SHAPE, generator=gen)
-    forms = {"matrix products": context, "1x1 convolutions": lambda x, p: one_by_one_convolutions(context, x, p)}
+    forms = {"matrix products": context, "convolutions": lambda x, p: convolutions(context, x, p)}
     with torch.no_grad():
-        if not torch.allclose(forms["matrix products"](images, sampled), forms["1x1 convolutions"](images, sampled),
+        if not torch.allclose(forms["matrix products"](images, sampled), forms["convolutions"](images, sampled),
                               atol=1e-4):  # fmt: skip
             raise SystemExit(f"the two forms disagree with {hidden} hidden units")
     row = {"hidden": hidden}
@@ -69,7 +70,7 @@ def measure(hidden: int, repeats: int, gen: torch.Generator) -> dict:
             "train_step_s": median_seconds(step, repeats),
             "sampling_pass_s": median_seconds(sample_pass, repeats),
         }
-    new, old = row["matrix products"], row["1x1 convolutions"]
+    new, old = row["matrix products"], row["convolutions"]
     row["train_speedup"] = old["train_step_s"] / new["train_step_s"]
     row["sampling_speedup"] = old["sampling_pass_s"] / new["sampling_pass_s"]
     return row
@@ -89,7 +90,7 @@ def main() -> None:
     for hidden in args.hidden:
         row = measure(hidden, args.repeats, gen)
         result["rows"].append(row)
-        new, old = row["matrix products"], row["1x1 convolutions"]
+        new, old = row["matrix products"], row["convolutions"]
         for what, key, speedup in (("training step", "train_step_s", "train_speedup"),
                                    ("sampling pass", "sampling_pass_s", "sampling_speedup")):  # fmt: skip
             times = f"{new[key] * 1e3:.1f} ms against {old[key] * 1e3:.1f} ms"
