@@ -9,8 +9,9 @@ import torch
 from safetensors.torch import load_file
 
 import vaekit
+from vaekit import io as model_io
 from vaekit import trainer as train_module
-from vaekit.errors import OptionError
+from vaekit.errors import ModelFileError, OptionError
 from vaekit.models import VAE
 
 TINY = dict(hidden=(16,), latent_dim=2, quiet=True)
@@ -263,19 +264,32 @@ def test_a_model_of_several_latent_layers_warms_its_learning_rate_up_by_default(
     assert rates_seen == [1e-2] * 6
 
 
-def test_weight_decay_shrinks_each_weight_by_lr_times_decay_beside_the_adam_step(tmp_path):
-    # one step from the same start with the same gradient: w_0 - w_d = lr * d * w_start, whatever the Adam step
+def test_weight_decay_shrinks_each_weight_matrix_by_lr_times_decay_beside_the_adam_step(tmp_path):
+    # one step from the same start with the same gradient: w_0 - w_d = lr * d * w_start, whatever the Adam step;
+    # the biases (1-D) are not decayed
     options = dict(epochs=1, lr=1e-2, lr_decay=0, batch_size=1347, seed=1, **TINY)
     plain = weights(vaekit.train("digits", tmp_path / "plain", **options).run_dir)
     light = weights(vaekit.train("digits", tmp_path / "light", weight_decay=0.5, **options).run_dir)
     heavy = weights(vaekit.train("digits", tmp_path / "heavy", weight_decay=2.0, **options).run_dir)
     recorded = json.loads((tmp_path / "heavy" / "config.json").read_text())
     assert recorded["training"]["weight_decay"] == 2.0
+    assert any(w.ndim == 1 for w in plain.values())
     for name, w in plain.items():
+        if w.ndim < 2:
+            assert torch.equal(light[name], w) and torch.equal(heavy[name], w), name
+            continue
         shrink_light, shrink_heavy = w - light[name], w - heavy[name]
         assert torch.allclose(shrink_heavy, 4 * shrink_light, rtol=1e-3, atol=1e-7), name
         far = w.abs() > 0.05  # beyond the reach of one Adam step (about lr): the weight kept its start's sign
         assert far.any() and (torch.sign(shrink_heavy[far]) == torch.sign(w[far])).all()  # towards zero
+
+
+def test_a_checkpoint_whose_optimizer_does_not_fit_is_refused_by_name(tmp_path):
+    # as one of a weight-decay run from before the biases left the decay: Adam's one group of parameters
+    run = vaekit.train("digits", tmp_path / "run", epochs=1, **TINY)
+    two_groups = torch.optim.AdamW(train_module.decay_groups(run.model, 0.1))
+    with pytest.raises(ModelFileError, match=r"checkpoint\.safetensors: its optimizer state does not fit"):
+        model_io.load_checkpoint(run.run_dir, run.model, two_groups)
 
 
 def test_bf16_autocast_trains_to_the_same_elbo_as_fp32(tmp_path):

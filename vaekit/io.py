@@ -135,6 +135,9 @@ def load_checkpoint(
         if key.startswith("optim."):
             _, index, name = key.split(".", 2)
             moments.setdefault(int(index), {})[name] = value
-    optimizer.load_state_dict({"state": moments, "param_groups": param_groups})
+    try:
+        optimizer.load_state_dict({"state": moments, "param_groups": param_groups})
+    except ValueError as e:  # e.g. a weight-decay run checkpointed before biases and gains left the decay
+        raise ModelFileError(f"{path}: its optimizer state does not fit this run's optimizer ({e})") from None
     rng = {k[4:]: v for k, v in tensors.items() if k.startswith("rng.")}
     return rng, state

@@ -74,7 +74,8 @@ class TrainConfig:
     warmup_epochs: float = 0.0  # linear KL warm-up from 0 to beta
     free_bits: float = 0.0  # nats per latent dimension below which KL is not penalised
     clip_grad: float | None = None  # max gradient norm
-    weight_decay: float = 0.0  # decoupled (AdamW): each step also shrinks every weight by lr x this fraction
+    # decoupled (AdamW): each step also shrinks every weight matrix and kernel by lr x this fraction
+    weight_decay: float = 0.0
     patience: int | None = 20  # early stopping: epochs without held-out improvement (None: never)
     binarize: str | None = None  # None, "static" or "dynamic" (Bernoulli models)
     precision: str = "auto"  # "fp32", "bf16" (autocast of the networks' matmuls) or "auto": bf16 where it is faster
@@ -134,6 +135,17 @@ class TrainConfig:
             return self.epochs
         steps_per_epoch = math.ceil(n_train / self.batch_size)
         return min(MAX_EPOCHS, max(MIN_EPOCHS, math.ceil(TARGET_STEPS / steps_per_epoch)))
+
+
+def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW's parameter groups, by the usual convention: the weight matrices and kernels decay; the biases and
+    LayerNorm gains (1-D) do not, since they set an offset or a scale, and a gain pulled towards zero only undoes
+    the norm."""
+    parameters = list(model.parameters())
+    return [
+        {"params": [p for p in parameters if p.ndim >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in parameters if p.ndim < 2], "weight_decay": 0.0},
+    ]
 
 
 def bits_per_dim(nats: float, model: LatentVariableModel) -> float | None:
@@ -273,7 +285,7 @@ class Trainer:
         # that the runs and checkpoints without one keep the optimizer they had
         adam = dict(lr=config.lr, betas=ADAM_BETAS, fused=True)
         if config.weight_decay:
-            self.optimizer = torch.optim.AdamW(model.parameters(), weight_decay=config.weight_decay, **adam)
+            self.optimizer = torch.optim.AdamW(decay_groups(model, config.weight_decay), **adam)
         else:
             self.optimizer = torch.optim.Adam(model.parameters(), **adam)
         self.dtype = resolve_precision(config.precision, self.device)
