@@ -79,13 +79,10 @@ def _report(items: int) -> None:
     _progress_queue.put(items)
 
 
-def _run(task: Callable, args: tuple, report: bool):
-    return task(_shared, *args, progress=_report if report else None)
-
-
-def _call(job: tuple[Callable, tuple]):
-    task, args = job
-    return task(_shared, *args)
+def _run(job: tuple[Callable, tuple, bool]):
+    # a task told of progress reports it; the others are called without the keyword
+    task, args, report = job
+    return task(_shared, *args, progress=_report) if report else task(_shared, *args)
 
 
 def map_shards(
@@ -95,9 +92,10 @@ def map_shards(
     workers: int | None,
     progress: Callable[[int], None] | None = None,
 ) -> list:
-    """[task(shared, *shard, progress=...) for shard in shards], in order, on up to `workers` processes
-    (None: every core this process may use). `task` must be a module-level function, `shared` and the
-    shards picklable; `progress(n)` hears, in this process, of every n items the workers coded."""
+    """[task(shared, *shard) for shard in shards], in order, on up to `workers` processes (None: every core
+    this process may use). `task` must be a module-level function, `shared` and the shards picklable; `task`
+    takes a `progress` keyword (default None), and `progress(n)` hears, in this process, of every n items the
+    workers coded."""
     workers = _worker_count(workers, len(shards))
     if workers <= 1:
         return [task(shared, *shard, progress=progress) for shard in shards]
@@ -105,7 +103,7 @@ def map_shards(
     # A SimpleQueue writes synchronously: once a task has returned, all it reported can be read here
     progress_queue = context.SimpleQueue()
     with _pool(context, workers, shared, progress_queue) as pool:
-        pending = pool.starmap_async(_run, [(task, shard, progress is not None) for shard in shards], chunksize=1)
+        pending = pool.map_async(_run, [(task, shard, progress is not None) for shard in shards], chunksize=1)
         while not (pending.ready() and progress_queue.empty()):
             if progress_queue.empty():
                 pending.wait(_POLL_SECONDS)
@@ -123,4 +121,4 @@ def imap_shards(task: Callable, shared: object, shards: Sequence[tuple], workers
         yield from (task(shared, *shard) for shard in shards)
         return
     with _pool(multiprocessing.get_context(_start_method()), workers, shared) as pool:
-        yield from pool.imap(_call, [(task, shard) for shard in shards])
+        yield from pool.imap(_run, [(task, shard, False) for shard in shards])

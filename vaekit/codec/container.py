@@ -118,7 +118,7 @@ def compress(
 
 
 def _encode_shard(
-    codec: BitsBackCodec, shard: torch.Tensor, progress: Callable[[int], None] | None
+    codec: BitsBackCodec, shard: torch.Tensor, progress: Callable[[int], None] | None = None
 ) -> tuple[int, bytes]:
     """The zero words the shard's first pops borrowed, and its message's bytes."""
     message = codec.encode(shard, progress=progress)
@@ -126,7 +126,7 @@ def _encode_shard(
 
 
 def _decode_shard(
-    codec: BitsBackCodec, n: int, borrowed: int, payload: bytes, progress: Callable[[int], None] | None
+    codec: BitsBackCodec, n: int, borrowed: int, payload: bytes, progress: Callable[[int], None] | None = None
 ) -> torch.Tensor:
     message = rans.Message.from_bytes(payload, codec.lanes)
     x = codec.decode(message, n, progress=progress)
