@@ -11,8 +11,9 @@ from safetensors.torch import load_file
 import vaekit
 from vaekit import io as model_io
 from vaekit import trainer as train_module
+from vaekit.data import DataSpec
 from vaekit.errors import ModelFileError, OptionError
-from vaekit.models import VAE
+from vaekit.models import VAE, ModelConfig, build
 
 TINY = dict(hidden=(16,), latent_dim=2, quiet=True)
 
@@ -282,6 +283,18 @@ def test_weight_decay_shrinks_each_weight_matrix_by_lr_times_decay_beside_the_ad
         assert torch.allclose(shrink_heavy, 4 * shrink_light, rtol=1e-3, atol=1e-7), name
         far = w.abs() > 0.05  # beyond the reach of one Adam step (about lr): the weight kept its start's sign
         assert far.any() and (torch.sign(shrink_heavy[far]) == torch.sign(w[far])).all()  # towards zero
+
+
+@pytest.mark.parametrize("arch, prior, spared", [("mlp", "vamp", "pseudo_inputs"), ("spatial", "normal", "start")])
+def test_weight_decay_spares_learned_inputs_and_starting_states(arch, prior, spared):
+    # they are points in the data or state space, not weights: decay would pull them towards a blank
+    spec = DataSpec("levels", (1, 8, 8), levels=2)
+    model = build(ModelConfig.for_data(spec, "bernoulli", arch, hidden=(6,), layers=(2,) * (arch == "spatial"),
+                                       prior=prior, pseudo_inputs=3))  # fmt: skip
+    decayed, kept = (group["params"] for group in train_module.decay_groups(model, 0.1))
+    names = {id(p): name for name, p in model.named_parameters()}
+    assert spared in [names[id(p)] for p in kept] and getattr(model, spared).ndim >= 2
+    assert {names[id(p)] for p in decayed} == {n for n, p in model.named_parameters() if p.ndim >= 2} - {spared}
 
 
 def test_a_checkpoint_whose_optimizer_does_not_fit_is_refused_by_name(tmp_path):

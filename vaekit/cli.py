@@ -233,8 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--weight-decay",
         type=_finite_float,
         default=0.0,
-        help="decoupled weight decay (AdamW): each step shrinks every weight matrix and kernel (not the biases "
-        "or LayerNorm gains) by lr x this (default 0: Adam)",
+        help="decoupled weight decay (AdamW): each step shrinks every weight matrix and kernel (not the biases, "
+        "LayerNorm gains or VampPrior pseudo-inputs) by lr x this (default 0: Adam)",
     )
     p.add_argument(
         "--skip-threshold",

@@ -424,6 +424,7 @@ class VAE(LatentVariableModel):
         if config.prior == "vamp":
             # in the encoder's input space, near its centre; Tomczak & Welling 2018 learn them by gradient too
             self.pseudo_inputs = nn.Parameter(0.01 * torch.randn(config.pseudo_inputs, *spec.shape))
+            self.not_weights = ("pseudo_inputs",)  # no weight decay (trainer.decay_groups)
 
     def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> DiagonalGaussian:
         h = self._encoder_input(x)

@@ -88,6 +88,7 @@ class SpatialHierarchicalVAE(HierarchicalVAE):
         self.embed = OnMaps(strided_convolutions(channels, width, width, halvings, transposed=False))
         self.bottom_up = nn.ModuleList(OnMaps(MapCell(width, config.layer_norm)) for _ in config.layers)
         self.start = nn.Parameter(torch.zeros(width, *side))
+        self.not_weights = ("start",)  # a learned first state, not a weight: no weight decay
         below_top = config.layers[:-1]  # the top layer's prior is N(0, I)
         self.priors = nn.ModuleList(OnMaps(nn.Conv2d(width, 2 * c, 3, padding=1), flatten=True) for c in below_top)
         self.posteriors = nn.ModuleList(

@@ -140,11 +140,13 @@ class TrainConfig:
 def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """AdamW's parameter groups, by the usual convention: the weight matrices and kernels decay; the biases and
     LayerNorm gains (1-D) do not, since they set an offset or a scale, and a gain pulled towards zero only undoes
-    the norm."""
+    the norm. Nor do the parameters a module names in its `not_weights` (learned inputs and starting states, such
+    as the VampPrior's pseudo-inputs), which decay would pull towards a blank image."""
     parameters = list(model.parameters())
+    spared = {id(getattr(m, name)) for m in model.modules() for name in getattr(m, "not_weights", ())}
     return [
-        {"params": [p for p in parameters if p.ndim >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in parameters if p.ndim < 2], "weight_decay": 0.0},
+        {"params": [p for p in parameters if p.ndim >= 2 and id(p) not in spared], "weight_decay": weight_decay},
+        {"params": [p for p in parameters if p.ndim < 2 or id(p) in spared], "weight_decay": 0.0},
     ]
 
 
