@@ -145,6 +145,9 @@ def measure(name: str, source: str, budget: float, heldout: float, k: int, out: 
         "wall_seconds": time.perf_counter() - start,
         "matmul_gflops": gflops,
         "heldout_fraction": heldout,
+        # what vaekit's `auto` chose (bf16 autocast where a probe finds it faster); pythae's trainer offers
+        # mixed precision only on CUDA, so it trains in fp32 here
+        "precision": model_io.read_config(out / name)["resolved"]["precision"] if name in VAEKIT else "fp32",
     }
 
 

@@ -195,6 +195,25 @@ def test_a_run_cut_before_its_first_checkpoint_resumes_from_the_start(tmp_path, 
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_the_run_folder_records_what_auto_chose_and_a_resume_on_another_machine_updates_it(tmp_path, monkeypatch):
+    def crash(self, train, heldout, stop_below=None):
+        raise KeyboardInterrupt
+
+    def recorded():
+        return json.loads((tmp_path / "cut" / "config.json").read_text())["resolved"]
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train_module, "bf16_is_faster", lambda device_type: False)  # an AVX2 machine
+        patch.setattr(train_module.Trainer, "fit", crash)
+        with pytest.raises(KeyboardInterrupt):
+            vaekit.train("digits", tmp_path / "cut", epochs=1, **TINY)
+    assert recorded() == {"device": "cpu", "precision": "fp32"}
+    monkeypatch.setattr(train_module, "bf16_is_faster", lambda device_type: True)  # one with AMX
+    vaekit.resume(tmp_path / "cut", quiet=True)
+    assert recorded() == {"device": "cpu", "precision": "bf16"}
+    assert json.loads((tmp_path / "cut" / "config.json").read_text())["training"]["precision"] == "auto"
+
+
 def test_checkpoint_is_one_file_with_its_counters(tiny_run):
     from safetensors import safe_open
 

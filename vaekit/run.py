@@ -105,7 +105,9 @@ def train(
     trainer = Trainer(model, config, run_dir, quiet, device)
     data_args.update(n_fit=len(train_set), n_heldout=len(heldout))
     if distributed.is_main():
-        model_io.save_config(run_dir, model, training=dataclasses.asdict(trainer.config), data=data_args)
+        model_io.save_config(
+            run_dir, model, training=dataclasses.asdict(trainer.config), data=data_args, resolved=trainer.resolved
+        )
     return _finish(trainer, train_set, heldout)
 
 
@@ -122,6 +124,8 @@ def resume(run_dir: str | os.PathLike, quiet: bool = False, device: str = "auto"
     model = build(ModelConfig.from_dict(config["model"]))
     trainer = Trainer(model, TrainConfig(**config["training"]), run_dir, quiet, device)
     trainer.restore_checkpoint()
+    if distributed.is_main() and config.get("resolved") != trainer.resolved:  # another machine, or `auto` chose anew
+        model_io.save_config(run_dir, model, training=config["training"], data=data, resolved=trainer.resolved)
     return _finish(trainer, train_set, heldout)
 
 

@@ -290,7 +290,8 @@ class Trainer:
             self.optimizer = torch.optim.AdamW(decay_groups(model, config.weight_decay), **adam)
         else:
             self.optimizer = torch.optim.Adam(model.parameters(), **adam)
-        self.dtype = resolve_precision(config.precision, self.device)
+        # rank 0's probe decides for every rank: the ranks of one run must not differ in their arithmetic
+        self.dtype = distributed.broadcast(resolve_precision(config.precision, self.device))
         self.generator = torch.Generator(self.device).manual_seed(config.seed)  # same stream on every rank
         self.epoch, self.step, self.skipped = 0, 0, 0
         # where an IWAE tail began: its step, and the progress (0..1) of the learning-rate schedule there
@@ -303,6 +304,11 @@ class Trainer:
         self._last_save = self._last_epoch_end = -math.inf
         self.best, self.bad_epochs = math.inf, 0
         self.metrics: list[dict[str, float]] = []
+
+    @property
+    def resolved(self) -> dict[str, str]:
+        """What this session trains on and in, `auto`'s choices included: a section of config.json."""
+        return {"device": self.device.type, "precision": "bf16" if self.dtype == torch.bfloat16 else "fp32"}
 
     # --- state for resume -------------------------------------------------
     def save_checkpoint(self) -> None:
