@@ -1,5 +1,5 @@
 """What the benchmarks share: the machine's fp32 matmul peak, the CPU's name, Fashion-MNIST or a stand-in,
-and writing their figures."""
+the likelihood table's test images, and writing their figures."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ import torch
 from vaekit import data
 from vaekit._atomic import write_text
 from vaekit.errors import DataError
+from vaekit.models import LatentVariableModel
+from vaekit.trainer import EVAL_SEED
 
 
 def cpu_name() -> str:
@@ -50,6 +52,14 @@ def fashion_mnist_or_random() -> tuple[data.Dataset, data.Dataset, str]:
             return data.Dataset(torch.randint(0, 256, (n, 1, 28, 28), generator=gen, dtype=torch.uint8), spec)
 
         return fake(60_000), fake(10_000), "RANDOM 8-bit images (Fashion-MNIST is not installed)"
+
+
+def table_test_images(model: LatentVariableModel, source: str) -> torch.Tensor:
+    """The test set in `model`'s space, binarised (where it binarises) by one draw of seed EVAL_SEED: the same
+    images for every row of the likelihood table and every pilot, so that `paired_nll.py` compares them image by
+    image."""
+    test = data.load(source, "test", spec=model.spec)
+    return model.prepare(test.x, torch.Generator().manual_seed(EVAL_SEED))
 
 
 def timed(fn, repeats: int) -> tuple[float, object]:

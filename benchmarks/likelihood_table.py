@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import cpu_name, matmul_gflops, write_json
+from common import cpu_name, matmul_gflops, table_test_images, write_json
 from peers import PythaeAdapter, dynamic_binarisation_dataset, pythae_model, train_pythae
 
 import vaekit
@@ -120,8 +120,7 @@ def measure(name: str, source: str, budget: float, heldout: float, k: int, out: 
     print(f"{time.strftime('%H:%M')} {name}: training, {budget:g} s budget{where}", flush=True)
     model, seconds, epochs = (train_vaekit if name in VAEKIT else train_peer)(name, source, budget, heldout, out)
     model.eval()
-    test = data.load(source, "test", spec=model.spec)
-    x = model.prepare(test.x, torch.Generator().manual_seed(EVAL_SEED))
+    x = table_test_images(model, source)
     print(f"{time.strftime('%H:%M')} {name}: {epochs} epochs in {seconds:.0f} s; test NLL, k={k}", flush=True)
     with torch.no_grad():
         elbo = evaluate_elbo(model, x, generator=torch.Generator().manual_seed(EVAL_SEED))

@@ -15,11 +15,10 @@ import time
 from pathlib import Path
 
 import torch
+from common import table_test_images
 
 import vaekit
-from vaekit import data
 from vaekit.evaluate import negative_log_likelihood
-from vaekit.trainer import EVAL_SEED
 
 
 def main() -> None:
@@ -31,8 +30,7 @@ def main() -> None:
     for run in args.runs:
         model = vaekit.load(run)
         model.eval()
-        test = data.load("fashion-mnist", "test", spec=model.spec)
-        x = model.prepare(test.x, torch.Generator().manual_seed(EVAL_SEED))[: args.images]
+        x = table_test_images(model, "fashion-mnist")[: args.images]
         start = time.perf_counter()
         with torch.no_grad():
             nll = negative_log_likelihood(
