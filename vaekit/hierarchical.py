@@ -2,7 +2,8 @@
 
     bottom-up:  x -> f_1 -> f_2 -> ... -> f_L            deterministic features, one per stochastic layer
     top-down:   h <- learned start; for l = L .. 1:
-                    p(z_l | z_>l) = N(prior_l(h))          (the top layer's prior is N(0, I))
+                    p(z_l | z_>l) = N(prior_l(h))          (the top layer's: N(0, I), or a mixture fitted
+                                                            after training, vaekit.top_prior)
                     q(z_l | x, z_>l) = N(prior_l(h) + posterior_l(h, f_l))   a correction to the prior
                     h <- cell_l(h + merge_l(z_l))
                 p(x | z) from h: a dense layer (plus transposed convolutions, for images, with arch "conv")
@@ -27,6 +28,7 @@ from vaekit.dist import DiagonalGaussian
 from vaekit.errors import OptionError
 from vaekit.models import ELBOResult, LatentVariableModel, LayerChoice, ModelConfig
 from vaekit.nn import ConvHead
+from vaekit.top_prior import TopMixture, TopPrior
 
 
 class ResidualCell(nn.Module):
@@ -80,6 +82,8 @@ class HierarchicalVAE(LatentVariableModel):
         # --arch conv: transposed convolutions beside the dense output, for images
         self.out_conv = ConvHead(width, spec.shape, config.n_params) if config.arch == "conv" else None
         self._build_context()
+        # --fit-prior: the top layer's fitted mixture prior (buffers, filled by fit_top_prior after training)
+        self.top_prior = TopMixture(config.top_mixture, sizes[-1]) if config.top_mixture else None
         for layer in self.posteriors:  # the posterior starts as the prior
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
@@ -100,10 +104,11 @@ class HierarchicalVAE(LatentVariableModel):
             features.append(f)
         return features
 
-    def _prior(self, layer: int, h: torch.Tensor) -> DiagonalGaussian:
+    def _prior(self, layer: int, h: torch.Tensor) -> DiagonalGaussian | TopPrior:
         if layer == len(self.sizes) - 1:
             zeros = torch.zeros(*self._lead(h), self.sizes[layer], device=h.device)
-            return DiagonalGaussian(zeros, zeros)
+            standard = DiagonalGaussian(zeros, zeros)
+            return standard if self.top_prior is None else TopPrior(standard, self.top_prior)
         return _gaussian(self.priors[layer](h))
 
     def _descend(self, lead: tuple[int, ...], choose) -> torch.Tensor:
@@ -116,6 +121,11 @@ class HierarchicalVAE(LatentVariableModel):
 
     def _posterior(self, layer: int, h: torch.Tensor, f: torch.Tensor, prior: DiagonalGaussian) -> DiagonalGaussian:
         return _corrected(prior, joined_linear(self.posteriors[layer], h, f))
+
+    def top_posterior(self, x: torch.Tensor) -> DiagonalGaussian:
+        """q(z_L | x) of the top layer, which sees no layer above it."""
+        top, h = len(self.sizes) - 1, self.start.expand(len(x), *self.start.shape)
+        return self._posterior(top, h, self._features(x)[top], self._prior(top, h))
 
     def _split(self, z: torch.Tensor) -> list[torch.Tensor]:
         return list(z.split(self.sizes, dim=-1))
@@ -162,15 +172,21 @@ class HierarchicalVAE(LatentVariableModel):
         features = self._features(x)
         if noise is None:
             noise = torch.randn(len(x), self.latent_dim, device=x.device)
-        eps, kls = self._split(noise), {}
+        eps, kls, sampled_kl = self._split(noise), {}, []
 
         def sample(layer, h, prior):
             q = self._posterior(layer, h, features[layer], prior)
-            kls[layer] = q.kl_per_dim(prior)
-            return q.mean + q.stddev * eps[layer]
+            z = q.mean + q.stddev * eps[layer]
+            if isinstance(prior, TopPrior):  # a fitted mixture: its KL has no closed form, so one sample's
+                sampled_kl.append(q.log_prob(z) - prior.log_prob(z))
+            else:
+                kls[layer] = q.kl_per_dim(prior)
+            return z
 
         reconstruction = self._likelihood_of(self._descend((len(x),), sample)).log_prob(x)
-        kl_per_dim = torch.cat([kls[layer] for layer in range(len(self.sizes))], -1)
+        kl_per_dim = torch.cat([kls[layer] for layer in sorted(kls)], -1)
+        if sampled_kl:
+            return ELBOResult(reconstruction, kl_per_dim.sum(-1) + sampled_kl[0])
         return ELBOResult(reconstruction, kl_per_dim.sum(-1), kl_per_dim)
 
     def log_weights(
@@ -222,8 +238,11 @@ class HierarchicalPrior:
         device = m.start.device
 
         def draw(layer, h, prior):
-            eps = torch.randn(prior.mean.shape, generator=generator, device=device)
-            parts[layer] = prior.mean + temperature * prior.stddev * eps
+            if isinstance(prior, TopPrior):
+                parts[layer] = prior.rsample(temperature, generator)
+            else:
+                eps = torch.randn(prior.mean.shape, generator=generator, device=device)
+                parts[layer] = prior.mean + temperature * prior.stddev * eps
             return parts[layer]
 
         m._descend((1 if n is None else n,), draw)

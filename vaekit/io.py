@@ -31,6 +31,13 @@ def save_config(run_dir: str | os.PathLike, model: LatentVariableModel, **sectio
     write_text(Path(run_dir) / CONFIG, json.dumps(config, indent=2) + "\n")
 
 
+def update_config(run_dir: str | os.PathLike, **sections: Any) -> None:
+    """Rewrite config.json with these sections replaced or added, the others as they were."""
+    config = read_config(run_dir)
+    config.update(sections)
+    write_text(Path(run_dir) / CONFIG, json.dumps(config, indent=2) + "\n")
+
+
 def save_weights(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None):
     with atomic_path(path) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)

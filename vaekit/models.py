@@ -48,6 +48,7 @@ MAX_CONTEXT = 3  # the causal neighbourhood's radius: 24 pixels at 3, and code t
 MAX_CONTEXT_HIDDEN = 64  # the context's hidden units: up to 64 keep the codec's sums exact
 MAX_CONTEXT_TERMS = 128  # inputs to one hidden unit of the context: up to 2^7 keep the codec's sums exact
 MAX_MIXTURE = 5  # components of a discretised logistic mixture
+MAX_TOP_MIXTURE = 256  # components of a fitted top-layer prior (vaekit.top_prior)
 MAX_WIDTH = 1 << 16  # a layer's size, as read from a file: beyond it a config is corrupt, not ambitious
 ROWS_PER_PASS = 4096  # importance sampling: decoded items per pass (measured faster than 50,000 or 1,000)
 ITEMS_PER_PASS = 128  # ... of this many items, so that their encoding is a small part of a pass
@@ -68,6 +69,8 @@ class ModelConfig:
     context_hidden: int = 0  # > 0: the context goes through this many hidden units, which also see z's parameters
     mixture: int = 1  # > 1: a mixture of this many discretised logistics per value
     layer_norm: bool = False  # a hierarchical model: each residual cell starts with a LayerNorm
+    top_mixture: int = 0  # > 0: the top layer's prior is a Gaussian mixture of this many components, fitted after
+    # training (vaekit.top_prior); 0: N(0, I)
 
     @property
     def n_params(self) -> int:
@@ -77,7 +80,7 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["spec"], d["hidden"], d["layers"] = self.spec.to_dict(), list(self.hidden), list(self.layers)
-        for key, default in (("mixture", 1), ("layer_norm", False)):
+        for key, default in (("mixture", 1), ("layer_norm", False), ("top_mixture", 0)):
             if d[key] == default:
                 del d[key]  # so that models without it keep their files and fingerprints (see codec.container)
         return d
@@ -96,7 +99,7 @@ class ModelConfig:
                 raise ValueError(f"{key} must be a name, got {value!r}")
         defaults = (
             ("latent_dim", 16), ("pseudo_inputs", 500), ("classes", 0), ("context", 0), ("context_hidden", 0),
-            ("mixture", 1),
+            ("mixture", 1), ("top_mixture", 0),
         )  # fmt: skip
         counts = {key: d.get(key, default) for key, default in defaults}
         for key, value in counts.items():
@@ -119,7 +122,7 @@ class ModelConfig:
                 spec, names["likelihood"], names["arch"], counts["latent_dim"], tuple(sizes["hidden"]),
                 prior=names["prior"], pseudo_inputs=counts["pseudo_inputs"], classes=counts["classes"],
                 layers=tuple(sizes["layers"]), context=counts["context"], context_hidden=counts["context_hidden"],
-                mixture=counts["mixture"], layer_norm=layer_norm,
+                mixture=counts["mixture"], layer_norm=layer_norm, top_mixture=counts["top_mixture"],
             )  # fmt: skip
         except OptionError as error:
             raise ValueError(str(error)) from None
@@ -146,6 +149,7 @@ class ModelConfig:
         context_hidden: int = 0,
         mixture: int = 1,
         layer_norm: bool = False,
+        top_mixture: int = 0,
     ) -> ModelConfig:
         """The default model for data of this spec: the likelihood fits the data, sizes follow its dimension."""
         likelihood = likelihood or ("gaussian" if spec.kind == "real" else "discretized_logistic")
@@ -193,6 +197,10 @@ class ModelConfig:
                 )
         if layer_norm and not layers:
             raise OptionError("a LayerNorm in the residual cells needs a hierarchical model (--layers)")
+        if top_mixture:
+            check_top_mixture(layers, arch)
+        if not 0 <= top_mixture <= MAX_TOP_MIXTURE:
+            raise OptionError(f"a fitted top-layer prior has 1..{MAX_TOP_MIXTURE} components, got {top_mixture}")
         d = spec.dim
         if layers:
             if min(layers) < 1:
@@ -212,8 +220,14 @@ class ModelConfig:
             raise OptionError(f"hidden layer sizes must be one or more numbers >= 1, got {list(hidden)}")
         return cls(
             spec, likelihood, arch, latent_dim, tuple(hidden), prior, pseudo_inputs, classes, tuple(layers), context,
-            context_hidden, mixture, layer_norm,
+            context_hidden, mixture, layer_norm, top_mixture,
         )  # fmt: skip
+
+
+def check_top_mixture(layers: tuple[int, ...], arch: str) -> None:
+    """A fitted top-layer prior (vaekit.top_prior) needs a hierarchical model whose top layer is dense."""
+    if not layers or arch == "spatial":
+        raise OptionError("a fitted top-layer prior needs a hierarchical model whose top layer is dense (--layers)")
 
 
 def build(config: ModelConfig) -> LatentVariableModel:

@@ -9,6 +9,7 @@ import dataclasses
 import datetime
 import os
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from vaekit.data import Dataset, load_for_training
 from vaekit.errors import OptionError
 from vaekit.evaluate import encode_means
 from vaekit.models import LatentVariableModel, ModelConfig, build
+from vaekit.top_prior import fit_top_prior
 from vaekit.trainer import EVAL_SEED, TrainConfig, Trainer, labels_for, resolve_device
 
 FIGURE_SEED = 0
@@ -69,7 +71,8 @@ def train(
     `layer_norm` (a hierarchical model: each residual cell starts with a LayerNorm).
     `options` are TrainConfig fields: epochs, batch_size, lr, beta, warmup_epochs, free_bits, clip_grad,
     weight_decay, patience, binarize, objective, k, iwae_tail, skip_threshold, skip_factor, on_nan, precision,
-    seed. Under torchrun, every process calls this; rank 0 writes.
+    fit_prior (a mixture prior for the top layer, fitted once trained: vaekit.top_prior), seed.
+    Under torchrun, every process calls this; rank 0 writes.
     """
     config = TrainConfig(**options)
     if config.binarize is not None:
@@ -121,11 +124,12 @@ def resume(run_dir: str | os.PathLike, quiet: bool = False, device: str = "auto"
         data_dir=data["data_dir"], size=data["size"] and tuple(data["size"]), label=data["label"],
     )  # fmt: skip
     torch.manual_seed(config["training"]["seed"])  # the same initial weights, should no checkpoint exist yet
-    model = build(ModelConfig.from_dict(config["model"]))
+    # training always runs under N(0, I): a prior fitted before an interruption is fitted again at the end
+    model = build(dataclasses.replace(ModelConfig.from_dict(config["model"]), top_mixture=0))
     trainer = Trainer(model, TrainConfig(**config["training"]), run_dir, quiet, device)
     trainer.restore_checkpoint()
     if distributed.is_main() and config.get("resolved") != trainer.resolved:  # another machine, or `auto` chose anew
-        model_io.save_config(run_dir, model, training=config["training"], data=data, resolved=trainer.resolved)
+        model_io.update_config(run_dir, resolved=trainer.resolved)  # the model section as recorded (a fitted prior)
     return _finish(trainer, train_set, heldout)
 
 
@@ -138,8 +142,22 @@ def _finish(trainer: Trainer, train_set: Dataset, heldout: Dataset) -> Run:
     if not distributed.is_main():
         return Run(trainer.model, trainer.run_dir, metrics)
     model = model_io.load(trainer.run_dir)  # the best epoch, as saved
+    if trainer.config.fit_prior:
+        _fit_prior(model, trainer, train_set, heldout)
     write_figures(model, heldout, trainer.run_dir, metrics)
     return Run(model, trainer.run_dir, metrics)
+
+
+def _fit_prior(model: LatentVariableModel, trainer: Trainer, train_set: Dataset, heldout: Dataset) -> None:
+    """Fit the top layer's mixture prior (--fit-prior) on the training data, then write the weights and, last,
+    the config that names it (the two files disagree only between the two writes)."""
+    start = time.perf_counter()
+    binarisation = torch.Generator().manual_seed(trainer.config.seed)
+    x, held = (model.prepare(d.x, binarisation) for d in (train_set, heldout))
+    summary = fit_top_prior(model, x, held, trainer.config.fit_prior, seed=trainer.config.seed)
+    summary["seconds"] = round(time.perf_counter() - start, 2)
+    model_io.save_weights(trainer.run_dir / model_io.WEIGHTS, model.state_dict())
+    model_io.update_config(trainer.run_dir, model=model.config.to_dict(), top_prior=summary)
 
 
 def _class_count(data: Dataset) -> int:

@@ -79,6 +79,7 @@ class SpatialHierarchicalVAE(HierarchicalVAE):
     def __init__(self, config: ModelConfig):
         nn.Module.__init__(self)  # every part differs from the dense model's; its paths and objectives are inherited
         self.config = config
+        self.top_prior = None  # its top layer is maps: no fitted prior (models.check_top_mixture)
         spec, width = config.spec, config.hidden[0]
         channels, height, wide = spec.shape
         side = latent_grid(spec.shape)

@@ -28,7 +28,7 @@ from vaekit import io as model_io
 from vaekit._atomic import write_text
 from vaekit.data import Dataset
 from vaekit.errors import ModelFileError, OptionError, VaekitError
-from vaekit.models import LatentVariableModel
+from vaekit.models import MAX_TOP_MIXTURE, LatentVariableModel, check_top_mixture
 
 METRIC_FIELDS = [
     "epoch", "step", "seconds", "wall_seconds", "beta",
@@ -38,6 +38,9 @@ METRIC_FIELDS = [
 ]  # fmt: skip
 TARGET_STEPS = 1600  # default epochs give about this many optimiser steps (at least MIN_EPOCHS)
 MIN_EPOCHS, MAX_EPOCHS = 5, 300
+# under a time budget, the share of it kept for fitting a top-layer prior (--fit-prior) once training ends: the fit
+# of 64 components to the 256-wide Fashion-MNIST hybrid took 18 s (36 s is 2 % of 30 minutes), of 256 components 97 s
+FIT_PRIOR_SHARE = 0.02
 BUDGET_PROBE_STEPS = 50  # under a time budget, the speed is first measured after this many steps
 SAVE_EVERY_SECONDS = (
     10.0  # checkpoint, best weights and metrics: after the first epoch, then at most this often, and at the end
@@ -87,6 +90,7 @@ class TrainConfig:
     on_nan: str = "stop"  # a NaN/inf loss or gradient: "stop" naming the epoch and step, or "skip" that update
     time_budget: float | None = None  # wall-clock seconds, evaluation and saving included: training ends (and its
     # learning rate decays) by then
+    fit_prior: int = 0  # > 0: once trained, fit a mixture of this many Gaussians as the top layer's prior (top_prior)
     seed: int = 0
 
     def validate(self, likelihood: str | None = None) -> None:
@@ -122,6 +126,8 @@ class TrainConfig:
             (isinstance(self.seed, int) and 0 <= self.seed <= MAX_SEED,
              f"seed must lie in 0..{MAX_SEED}, got {self.seed}"),
             (self.on_nan in ON_NAN, f"on_nan must be one of {', '.join(ON_NAN)}, got {self.on_nan}"),
+            (0 <= self.fit_prior <= MAX_TOP_MIXTURE,
+             f"a fitted top-layer prior has 1..{MAX_TOP_MIXTURE} components, got {self.fit_prior}"),
         ]  # fmt: skip
         if likelihood is not None:
             fits = (self.binarize is not None) == (likelihood == "bernoulli")
@@ -273,6 +279,8 @@ class Trainer:
         config.validate(model.config.likelihood)
         if config.lr_warmup is None:
             config = dataclasses.replace(config, lr_warmup=DEEP_LR_WARMUP if len(model.layer_sizes) > 1 else 0)
+        if config.fit_prior:
+            check_top_mixture(model.config.layers, model.config.arch)
         if config.free_bits > 0 and model.config.prior == "vamp":
             raise OptionError("free bits need a KL per latent dimension, which the VampPrior's KL has not")
         self.device = resolve_device(device) if isinstance(device, str) else device
@@ -437,6 +445,8 @@ class Trainer:
         first_step, first_wall = self._speed_origin
         if budget is None or self.step == 0:
             return
+        if self.config.fit_prior:
+            budget *= 1 - FIT_PRIOR_SHARE
         if self.step > first_step:
             steps_per_second = (self.step - first_step) / (elapsed - first_wall)
         else:  # a resumed run before its first step: the speed of the earlier session(s)
