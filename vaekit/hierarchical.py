@@ -2,8 +2,8 @@
 
     bottom-up:  x -> f_1 -> f_2 -> ... -> f_L            deterministic features, one per stochastic layer
     top-down:   h <- learned start; for l = L .. 1:
-                    p(z_l | z_>l) = N(prior_l(h))          (the top layer's: N(0, I), or a mixture fitted
-                                                            after training, vaekit.top_prior)
+                    p(z_l | z_>l) = N(prior_l(h))          (the top layer's: N(0, I), or a mixture learned
+                                                            with the model or fitted after, vaekit.top_prior)
                     q(z_l | x, z_>l) = N(prior_l(h) + posterior_l(h, f_l))   a correction to the prior
                     h <- cell_l(h + merge_l(z_l))
                 p(x | z) from h: a dense layer (plus transposed convolutions, for images, with arch "conv")
@@ -28,7 +28,7 @@ from vaekit.dist import DiagonalGaussian
 from vaekit.errors import OptionError
 from vaekit.models import ELBOResult, LatentVariableModel, LayerChoice, ModelConfig
 from vaekit.nn import ConvHead
-from vaekit.top_prior import TopMixture, TopPrior
+from vaekit.top_prior import LearnedTopMixture, TopMixture, TopPrior
 
 
 class ResidualCell(nn.Module):
@@ -82,8 +82,13 @@ class HierarchicalVAE(LatentVariableModel):
         # --arch conv: transposed convolutions beside the dense output, for images
         self.out_conv = ConvHead(width, spec.shape, config.n_params) if config.arch == "conv" else None
         self._build_context()
-        # --fit-prior: the top layer's fitted mixture prior (buffers, filled by fit_top_prior after training)
-        self.top_prior = TopMixture(config.top_mixture, sizes[-1]) if config.top_mixture else None
+        # the top layer's mixture prior: --learned-prior's parameters, or --fit-prior's buffers (filled by
+        # fit_top_prior after training)
+        self.top_prior = None
+        if config.learned_prior:
+            self.top_prior = LearnedTopMixture(config.learned_prior, sizes[-1])
+        elif config.top_mixture:
+            self.top_prior = TopMixture(config.top_mixture, sizes[-1])
         for layer in self.posteriors:  # the posterior starts as the prior
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
@@ -177,7 +182,7 @@ class HierarchicalVAE(LatentVariableModel):
         def sample(layer, h, prior):
             q = self._posterior(layer, h, features[layer], prior)
             z = q.mean + q.stddev * eps[layer]
-            if isinstance(prior, TopPrior):  # a fitted mixture: its KL has no closed form, so one sample's
+            if isinstance(prior, TopPrior):  # a mixture: its KL has no closed form, so one sample's
                 sampled_kl.append(q.log_prob(z) - prior.log_prob(z))
             else:
                 kls[layer] = q.kl_per_dim(prior)

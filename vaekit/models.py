@@ -48,7 +48,7 @@ MAX_CONTEXT = 3  # the causal neighbourhood's radius: 24 pixels at 3, and code t
 MAX_CONTEXT_HIDDEN = 64  # the context's hidden units: up to 64 keep the codec's sums exact
 MAX_CONTEXT_TERMS = 128  # inputs to one hidden unit of the context: up to 2^7 keep the codec's sums exact
 MAX_MIXTURE = 5  # components of a discretised logistic mixture
-MAX_TOP_MIXTURE = 256  # components of a fitted top-layer prior (vaekit.top_prior)
+MAX_TOP_MIXTURE = 256  # components of a learned or fitted top-layer prior (vaekit.top_prior)
 MAX_WIDTH = 1 << 16  # a layer's size, as read from a file: beyond it a config is corrupt, not ambitious
 ROWS_PER_PASS = 4096  # importance sampling: decoded items per pass (measured faster than 50,000 or 1,000)
 ITEMS_PER_PASS = 128  # ... of this many items, so that their encoding is a small part of a pass
@@ -71,6 +71,8 @@ class ModelConfig:
     layer_norm: bool = False  # a hierarchical model: each residual cell starts with a LayerNorm
     top_mixture: int = 0  # > 0: the top layer's prior is a Gaussian mixture of this many components, fitted after
     # training (vaekit.top_prior); 0: N(0, I)
+    learned_prior: int = 0  # > 0: the top layer's prior is an equal-weight mixture of this many diagonal
+    # Gaussians, learned with the model (vaekit.top_prior)
 
     @property
     def n_params(self) -> int:
@@ -80,7 +82,7 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["spec"], d["hidden"], d["layers"] = self.spec.to_dict(), list(self.hidden), list(self.layers)
-        for key, default in (("mixture", 1), ("layer_norm", False), ("top_mixture", 0)):
+        for key, default in (("mixture", 1), ("layer_norm", False), ("top_mixture", 0), ("learned_prior", 0)):
             if d[key] == default:
                 del d[key]  # so that models without it keep their files and fingerprints (see codec.container)
         return d
@@ -99,7 +101,7 @@ class ModelConfig:
                 raise ValueError(f"{key} must be a name, got {value!r}")
         defaults = (
             ("latent_dim", 16), ("pseudo_inputs", 500), ("classes", 0), ("context", 0), ("context_hidden", 0),
-            ("mixture", 1), ("top_mixture", 0),
+            ("mixture", 1), ("top_mixture", 0), ("learned_prior", 0),
         )  # fmt: skip
         counts = {key: d.get(key, default) for key, default in defaults}
         for key, value in counts.items():
@@ -123,6 +125,7 @@ class ModelConfig:
                 prior=names["prior"], pseudo_inputs=counts["pseudo_inputs"], classes=counts["classes"],
                 layers=tuple(sizes["layers"]), context=counts["context"], context_hidden=counts["context_hidden"],
                 mixture=counts["mixture"], layer_norm=layer_norm, top_mixture=counts["top_mixture"],
+                learned_prior=counts["learned_prior"],
             )  # fmt: skip
         except OptionError as error:
             raise ValueError(str(error)) from None
@@ -150,6 +153,7 @@ class ModelConfig:
         mixture: int = 1,
         layer_norm: bool = False,
         top_mixture: int = 0,
+        learned_prior: int = 0,
     ) -> ModelConfig:
         """The default model for data of this spec: the likelihood fits the data, sizes follow its dimension."""
         likelihood = likelihood or ("gaussian" if spec.kind == "real" else "discretized_logistic")
@@ -197,10 +201,13 @@ class ModelConfig:
                 )
         if layer_norm and not layers:
             raise OptionError("a LayerNorm in the residual cells needs a hierarchical model (--layers)")
-        if top_mixture:
-            check_top_mixture(layers, arch)
-        if not 0 <= top_mixture <= MAX_TOP_MIXTURE:
-            raise OptionError(f"a fitted top-layer prior has 1..{MAX_TOP_MIXTURE} components, got {top_mixture}")
+        for components, kind in ((top_mixture, "fitted"), (learned_prior, "learned")):
+            if components:
+                check_top_mixture(layers, arch, kind)
+            if not 0 <= components <= MAX_TOP_MIXTURE:
+                raise OptionError(f"a {kind} top-layer prior has 1..{MAX_TOP_MIXTURE} components, got {components}")
+        if top_mixture and learned_prior:
+            raise OptionError("the top layer's prior is either learned (--learned-prior) or fitted (--fit-prior)")
         d = spec.dim
         if layers:
             if min(layers) < 1:
@@ -220,14 +227,14 @@ class ModelConfig:
             raise OptionError(f"hidden layer sizes must be one or more numbers >= 1, got {list(hidden)}")
         return cls(
             spec, likelihood, arch, latent_dim, tuple(hidden), prior, pseudo_inputs, classes, tuple(layers), context,
-            context_hidden, mixture, layer_norm, top_mixture,
+            context_hidden, mixture, layer_norm, top_mixture, learned_prior,
         )  # fmt: skip
 
 
-def check_top_mixture(layers: tuple[int, ...], arch: str) -> None:
-    """A fitted top-layer prior (vaekit.top_prior) needs a hierarchical model whose top layer is dense."""
+def check_top_mixture(layers: tuple[int, ...], arch: str, kind: str = "fitted") -> None:
+    """A mixture prior on the top layer (vaekit.top_prior) needs a hierarchical model whose top layer is dense."""
     if not layers or arch == "spatial":
-        raise OptionError("a fitted top-layer prior needs a hierarchical model whose top layer is dense (--layers)")
+        raise OptionError(f"a {kind} top-layer prior needs a hierarchical model whose top layer is dense (--layers)")
 
 
 def build(config: ModelConfig) -> LatentVariableModel:

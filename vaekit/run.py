@@ -22,7 +22,7 @@ from vaekit.errors import OptionError
 from vaekit.evaluate import encode_means
 from vaekit.models import LatentVariableModel, ModelConfig, build
 from vaekit.top_prior import fit_top_prior
-from vaekit.trainer import EVAL_SEED, TrainConfig, Trainer, labels_for, resolve_device
+from vaekit.trainer import EVAL_SEED, TrainConfig, Trainer, check_model_fits, labels_for, resolve_device
 
 FIGURE_SEED = 0
 
@@ -52,6 +52,7 @@ def train(
     context_hidden: int = 0,
     mixture: int = 1,
     layer_norm: bool = False,
+    learned_prior: int = 0,
     data_dir: str | os.PathLike | None = None,
     download: bool = False,
     size: tuple[int, int] | None = None,
@@ -68,7 +69,8 @@ def train(
     `context` (each pixel's likelihood also sees the earlier pixels within this radius), `context_hidden`
     (units of a hidden layer through which it sees them, with z's parameters of the pixel; 0: linear),
     `mixture` (discretised data: each value's likelihood a mixture of this many discretised logistics),
-    `layer_norm` (a hierarchical model: each residual cell starts with a LayerNorm).
+    `layer_norm` (a hierarchical model: each residual cell starts with a LayerNorm), `learned_prior` (a hierarchical
+    model: the top layer's prior is a mixture of this many diagonal Gaussians, learned with it).
     `options` are TrainConfig fields: epochs, batch_size, lr, beta, warmup_epochs, free_bits, clip_grad,
     weight_decay, patience, binarize, objective, k, iwae_tail, skip_threshold, skip_factor, on_nan, precision,
     fit_prior (a mixture prior for the top layer, fitted once trained: vaekit.top_prior), seed.
@@ -99,8 +101,9 @@ def train(
     model_config = ModelConfig.for_data(
         spec, likelihood, arch, latent_dim, hidden, prior=prior, pseudo_inputs=pseudo_inputs, classes=classes,
         layers=tuple(layers), context=context, context_hidden=context_hidden, mixture=mixture,
-        layer_norm=layer_norm,
+        layer_norm=layer_norm, learned_prior=learned_prior,
     )  # fmt: skip
+    check_model_fits(config, model_config)  # before the run folder is made
     model = build(model_config)
     device = resolve_device(device)
     distributed.setup(device)  # joins the process group under torchrun

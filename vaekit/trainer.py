@@ -28,7 +28,7 @@ from vaekit import io as model_io
 from vaekit._atomic import write_text
 from vaekit.data import Dataset
 from vaekit.errors import ModelFileError, OptionError, VaekitError
-from vaekit.models import MAX_TOP_MIXTURE, LatentVariableModel, check_top_mixture
+from vaekit.models import MAX_TOP_MIXTURE, LatentVariableModel, ModelConfig, check_top_mixture
 
 METRIC_FIELDS = [
     "epoch", "step", "seconds", "wall_seconds", "beta",
@@ -141,6 +141,18 @@ class TrainConfig:
             return self.epochs
         steps_per_epoch = math.ceil(n_train / self.batch_size)
         return min(MAX_EPOCHS, max(MIN_EPOCHS, math.ceil(TARGET_STEPS / steps_per_epoch)))
+
+
+def check_model_fits(config: TrainConfig, model_config: ModelConfig) -> None:
+    """What the training options need of the model (OptionError if it lacks it), checked before a run is written."""
+    if config.fit_prior:
+        check_top_mixture(model_config.layers, model_config.arch)
+        if model_config.learned_prior:
+            raise OptionError("the top layer's prior is either learned (--learned-prior) or fitted (--fit-prior)")
+    if config.free_bits > 0 and (model_config.prior == "vamp" or model_config.learned_prior):
+        raise OptionError(
+            "free bits need a KL per latent dimension, which a mixture prior's (VampPrior, --learned-prior) has not"
+        )
 
 
 def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -279,10 +291,7 @@ class Trainer:
         config.validate(model.config.likelihood)
         if config.lr_warmup is None:
             config = dataclasses.replace(config, lr_warmup=DEEP_LR_WARMUP if len(model.layer_sizes) > 1 else 0)
-        if config.fit_prior:
-            check_top_mixture(model.config.layers, model.config.arch)
-        if config.free_bits > 0 and model.config.prior == "vamp":
-            raise OptionError("free bits need a KL per latent dimension, which the VampPrior's KL has not")
+        check_model_fits(config, model.config)
         self.device = resolve_device(device) if isinstance(device, str) else device
         distributed.setup(self.device)
         self.rank, self.world = distributed.rank(), distributed.world_size()

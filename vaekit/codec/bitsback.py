@@ -169,8 +169,11 @@ class BitsBackCodec:
     """Codes items of a model's data (model space: levels or bits) as one rANS message of `lanes` chains."""
 
     def __init__(self, model: LatentVariableModel, lanes: int, latent_bits: int = 12):
-        if model.config.prior != "normal" or model.conditional or model.config.top_mixture:
-            raise CodecError("bits-back coding needs an unconditional model with the N(0, I) prior (no --fit-prior)")
+        config = model.config
+        if config.prior != "normal" or model.conditional or config.top_mixture or config.learned_prior:
+            raise CodecError(
+                "bits-back coding needs an unconditional model with the N(0, I) prior (no --fit-prior, --learned-prior)"
+            )
         if model.config.likelihood not in ("bernoulli", "discretized_logistic"):
             raise CodecError("only discrete data can be coded losslessly (a Bernoulli or discretised likelihood)")
         if not 1 <= latent_bits <= 16:
