@@ -1,5 +1,6 @@
-"""The learned top-layer prior (--learned-prior): its density and draws against torch's mixture, the hierarchical
-model under it against quadrature, its training, saving and loading, and the options it refuses."""
+"""The learned top-layer prior (--learned-prior): its density and draws against torch's mixture, its ELBO and
+gradient, its training, saving and loading, and the options it refuses (the hierarchical model under it against
+quadrature: test_top_prior)."""
 
 import dataclasses
 import json
@@ -7,7 +8,7 @@ import math
 
 import pytest
 import torch
-from test_hierarchical import ALL_X, log_px_by_quadrature, tiny
+from test_hierarchical import ALL_X, tiny
 
 import vaekit
 from vaekit.codec import CodecError, compress
@@ -62,22 +63,10 @@ def with_learned_top(model):
     return model
 
 
-def test_the_model_with_a_learned_top_is_a_density_and_importance_sampling_finds_it():
+def test_the_elbo_s_gradient_reaches_the_mixture():
     model = with_learned_top(tiny())
-    exact = log_px_by_quadrature(model, ALL_X)
-    assert abs(torch.logsumexp(exact, 0).item()) < 1e-3  # sum over all x of p(x) = 1
-    assert (exact - log_px_by_quadrature(tiny(), ALL_X)).abs().max() > 0.05  # the top prior does change p(x)
-    est = model.importance_sampled(ALL_X, k=4000, generator=torch.Generator().manual_seed(1))
-    assert ((est.log_px - exact).abs() <= 4 * est.stderr + 1e-3).all()
-
-
-def test_the_elbo_is_a_bound_whose_gradient_reaches_the_mixture():
-    model = with_learned_top(tiny())
-    noise = torch.randn(8 * 2000, 2, generator=torch.Generator().manual_seed(2))
-    elbo = model.elbo(ALL_X.repeat(2000, 1), noise)
-    assert elbo.kl_per_dim is None  # the top layer's KL is sampled
-    assert (elbo.elbo.detach().view(2000, 8).mean(0) < log_px_by_quadrature(model, ALL_X)).all()
-    elbo.elbo.mean().backward()
+    noise = torch.randn(8 * 100, 2, generator=torch.Generator().manual_seed(2))
+    model.elbo(ALL_X.repeat(100, 1), noise).elbo.mean().backward()
     prior = model.top_prior
     assert prior.means.grad.abs().min() > 0 and prior.logvars.grad.abs().min() > 0
 

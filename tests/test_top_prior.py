@@ -1,5 +1,5 @@
 """The fitted top-layer prior (--fit-prior): its density against torch's, its fit against a known mixture, and the
-hierarchical model under it against quadrature."""
+hierarchical model under it (or under a learned one, --learned-prior) against quadrature."""
 
 import dataclasses
 import json
@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 from test_hierarchical import ALL_X, log_px_by_quadrature, tiny
+from test_learned_prior import with_learned_top
 
 import vaekit
 from vaekit.codec import CodecError, compress
@@ -81,8 +82,9 @@ def with_mixture_top(model):
     return model
 
 
-def test_the_model_with_a_mixture_top_is_a_density_and_importance_sampling_finds_it():
-    model = with_mixture_top(tiny())
+@pytest.mark.parametrize("with_top", [with_mixture_top, with_learned_top], ids=["fitted", "learned"])
+def test_the_model_with_a_mixture_top_is_a_density_and_importance_sampling_finds_it(with_top):
+    model = with_top(tiny())
     exact = log_px_by_quadrature(model, ALL_X)
     assert abs(torch.logsumexp(exact, 0).item()) < 1e-3  # sum over all x of p(x) = 1
     plain = log_px_by_quadrature(tiny(), ALL_X)
