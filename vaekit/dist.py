@@ -17,6 +17,11 @@ _LOG_2PI = math.log(2 * math.pi)
 MIN_LOG_SCALE = -7.0  # a discretised logistic's narrowest scale: far below one level's width
 
 
+def clamp_logvar(logvar: torch.Tensor) -> torch.Tensor:
+    """A network's log-variance output kept where exp(logvar) and its inverse stay finite in float32."""
+    return logvar.clamp(-30.0, 20.0)
+
+
 def _sum_data_dims(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Sum of t over the trailing dimensions that x's items have (x: (batch, *item_shape))."""
     return t.sum(dim=tuple(range(-(x.dim() - 1), 0))) if x.dim() > 1 else t

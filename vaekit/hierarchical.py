@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vaekit.dist import DiagonalGaussian
+from vaekit.dist import DiagonalGaussian, clamp_logvar
 from vaekit.errors import OptionError
 from vaekit.models import ELBOResult, LatentVariableModel, LayerChoice, ModelConfig
 from vaekit.nn import ConvHead
@@ -49,7 +49,7 @@ class ResidualCell(nn.Module):
 
 def _gaussian(params: torch.Tensor) -> DiagonalGaussian:
     mean, logvar = params.float().chunk(2, dim=-1)
-    return DiagonalGaussian(mean, logvar.clamp(-30.0, 20.0))
+    return DiagonalGaussian(mean, clamp_logvar(logvar))
 
 
 def joined_linear(layer: nn.Linear, h: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
@@ -62,7 +62,7 @@ def joined_linear(layer: nn.Linear, h: torch.Tensor, f: torch.Tensor) -> torch.T
 def _corrected(prior: DiagonalGaussian, delta: torch.Tensor) -> DiagonalGaussian:
     """The posterior: the prior's mean and log-variance plus the corrections in `delta` (means, then log-variances)."""
     delta_mean, delta_logvar = delta.float().chunk(2, -1)
-    return DiagonalGaussian(prior.mean + delta_mean, (prior.logvar + delta_logvar).clamp(-30.0, 20.0))
+    return DiagonalGaussian(prior.mean + delta_mean, clamp_logvar(prior.logvar + delta_logvar))
 
 
 class HierarchicalVAE(LatentVariableModel):

@@ -34,6 +34,7 @@ from vaekit.dist import (
     GaussianMixture,
     Likelihood,
     PixelContext,
+    clamp_logvar,
 )
 from vaekit.errors import OptionError
 from vaekit.importance import ISEstimate, RunningLogMeanExp
@@ -49,6 +50,7 @@ MAX_CONTEXT_HIDDEN = 64  # the context's hidden units: up to 64 keep the codec's
 MAX_CONTEXT_TERMS = 128  # inputs to one hidden unit of the context: up to 2^7 keep the codec's sums exact
 MAX_MIXTURE = 5  # components of a discretised logistic mixture
 MAX_TOP_MIXTURE = 256  # components of a learned or fitted top-layer prior (vaekit.top_prior)
+BOTH_TOP_PRIORS = "the top layer's prior is either learned (--learned-prior) or fitted (--fit-prior)"
 MAX_WIDTH = 1 << 16  # a layer's size, as read from a file: beyond it a config is corrupt, not ambitious
 ROWS_PER_PASS = 4096  # importance sampling: decoded items per pass (measured faster than 50,000 or 1,000)
 ITEMS_PER_PASS = 128  # ... of this many items, so that their encoding is a small part of a pass
@@ -207,7 +209,7 @@ class ModelConfig:
             if not 0 <= components <= MAX_TOP_MIXTURE:
                 raise OptionError(f"a {kind} top-layer prior has 1..{MAX_TOP_MIXTURE} components, got {components}")
         if top_mixture and learned_prior:
-            raise OptionError("the top layer's prior is either learned (--learned-prior) or fitted (--fit-prior)")
+            raise OptionError(BOTH_TOP_PRIORS)
         d = spec.dim
         if layers:
             if min(layers) < 1:
@@ -451,7 +453,7 @@ class VAE(LatentVariableModel):
         h = self._encoder_input(x)
         out = self.encoder(h, self._one_hot(y, h.flatten(1)))
         mean, logvar = out.float().chunk(2, dim=-1)
-        return DiagonalGaussian(mean, logvar.clamp(-30.0, 20.0))
+        return DiagonalGaussian(mean, clamp_logvar(logvar))
 
     def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> Likelihood:
         """p(x|z) for z of shape (..., latent_dim); y broadcasts against z's leading dimensions."""
@@ -461,7 +463,7 @@ class VAE(LatentVariableModel):
     def prior(self) -> DiagonalGaussian | GaussianMixture:
         if self.config.prior == "vamp":
             mean, logvar = self.encoder(self.pseudo_inputs).float().chunk(2, dim=-1)
-            return GaussianMixture(mean, logvar.clamp(-30.0, 20.0))
+            return GaussianMixture(mean, clamp_logvar(logvar))
         p = next(self.parameters())
         return DiagonalGaussian.standard((self.latent_dim,), device=p.device, dtype=torch.float32)
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vaekit.dist import DiagonalGaussian
+from vaekit.dist import DiagonalGaussian, clamp_logvar
 
 FIT_ITEMS = 20_000  # posterior draws the mixture is fitted to: EM on more took longer and fitted no better
 
@@ -91,7 +91,7 @@ class LearnedTopMixture(nn.Module):
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         """log p(z) for z of shape (..., dim), in float32 outside any autocast."""
         with torch.autocast(z.device.type, enabled=False):
-            logvars = self.logvars.clamp(-30.0, 20.0)
+            logvars = clamp_logvar(self.logvars)
             squared = (z.float().unsqueeze(-2) - self.means) ** 2 * torch.exp(-logvars)
             per_component = -0.5 * (squared + logvars + math.log(2 * math.pi)).sum(-1)
             result = torch.logsumexp(per_component, -1) - math.log(len(self.means))
@@ -102,7 +102,7 @@ class LearnedTopMixture(nn.Module):
         device = self.means.device
         pick = torch.randint(len(self.means), (count,), generator=generator, device=device)
         eps = torch.randn(count, self.means.shape[-1], generator=generator, device=device)
-        scale = torch.exp(0.5 * self.logvars.clamp(-30.0, 20.0))
+        scale = torch.exp(0.5 * clamp_logvar(self.logvars))
         return self.means[pick] + temperature * scale[pick] * eps
 
 

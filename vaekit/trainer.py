@@ -28,7 +28,7 @@ from vaekit import io as model_io
 from vaekit._atomic import write_text
 from vaekit.data import Dataset
 from vaekit.errors import ModelFileError, OptionError, VaekitError
-from vaekit.models import MAX_TOP_MIXTURE, LatentVariableModel, ModelConfig, check_top_mixture
+from vaekit.models import BOTH_TOP_PRIORS, MAX_TOP_MIXTURE, LatentVariableModel, ModelConfig, check_top_mixture
 
 METRIC_FIELDS = [
     "epoch", "step", "seconds", "wall_seconds", "beta",
@@ -148,7 +148,7 @@ def check_model_fits(config: TrainConfig, model_config: ModelConfig) -> None:
     if config.fit_prior:
         check_top_mixture(model_config.layers, model_config.arch)
         if model_config.learned_prior:
-            raise OptionError("the top layer's prior is either learned (--learned-prior) or fitted (--fit-prior)")
+            raise OptionError(BOTH_TOP_PRIORS)
     if config.free_bits > 0 and (model_config.prior == "vamp" or model_config.learned_prior):
         raise OptionError(
             "free bits need a KL per latent dimension, which a mixture prior's (VampPrior, --learned-prior) has not"
