@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vaekit.dist import DiagonalGaussian, clamp_logvar
+from vaekit.dist import DiagonalGaussian, GaussianMixture, clamp_logvar
 
 FIT_ITEMS = 20_000  # posterior draws the mixture is fitted to: EM on more took longer and fitted no better
 
@@ -88,22 +88,16 @@ class LearnedTopMixture(nn.Module):
         self.means = nn.Parameter(0.7 * torch.randn(components, dim))
         self.logvars = nn.Parameter(torch.full((components, dim), math.log(0.5)))
 
+    def _mixture(self) -> GaussianMixture:
+        return GaussianMixture(self.means, clamp_logvar(self.logvars))
+
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
-        """log p(z) for z of shape (..., dim), in float32 outside any autocast."""
-        with torch.autocast(z.device.type, enabled=False):
-            logvars = clamp_logvar(self.logvars)
-            squared = (z.float().unsqueeze(-2) - self.means) ** 2 * torch.exp(-logvars)
-            per_component = -0.5 * (squared + logvars + math.log(2 * math.pi)).sum(-1)
-            result = torch.logsumexp(per_component, -1) - math.log(len(self.means))
-        return result.to(z.dtype)
+        """log p(z) for z of shape (..., dim), outside any autocast."""
+        return self._mixture().log_prob(z)
 
     def sample(self, count: int, temperature: float = 1.0, generator=None) -> torch.Tensor:
         """`count` draws: a component at random, then its Gaussian with the spread scaled by `temperature`."""
-        device = self.means.device
-        pick = torch.randint(len(self.means), (count,), generator=generator, device=device)
-        eps = torch.randn(count, self.means.shape[-1], generator=generator, device=device)
-        scale = torch.exp(0.5 * clamp_logvar(self.logvars))
-        return self.means[pick] + temperature * scale[pick] * eps
+        return self._mixture().rsample(count, temperature, generator)
 
 
 class TopPrior:
