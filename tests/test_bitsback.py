@@ -157,12 +157,16 @@ def test_any_hierarchical_model_round_trips(shape, levels, bernoulli, layers, it
     lanes=st.integers(1, 5),
     seed=st.integers(0, 2**31 - 1),
     arch=st.sampled_from(["conv", "spatial", "hybrid"]),  # a conv head on the dense model; latent maps; both
+    patches=st.booleans(),  # conv and hybrid: the convolutional path by pixel shuffles
 )
-def test_any_convolutional_hierarchical_model_round_trips(side, channels, levels, bernoulli, items, lanes, seed, arch):
+def test_any_convolutional_hierarchical_model_round_trips(
+    side, channels, levels, bernoulli, items, lanes, seed, arch, patches
+):
     torch.manual_seed(seed)
     shape = (channels, side, side)
     spec = DataSpec("levels", shape, levels=levels)
-    config = ModelConfig.for_data(spec, "bernoulli" if bernoulli else None, arch, hidden=(8,), layers=(2, 1))
+    likelihood, patches = "bernoulli" if bernoulli else None, patches and arch != "spatial"
+    config = ModelConfig.for_data(spec, likelihood, arch, hidden=(8,), layers=(2, 1), patches=patches)
     _assert_round_trip(_with_random_weights(build(config)), shape, levels, bernoulli, items, lanes, seed)
 
 

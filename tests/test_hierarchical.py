@@ -13,15 +13,17 @@ from vaekit.data import DataSpec
 from vaekit.errors import OptionError
 from vaekit.hierarchical import joined_linear
 from vaekit.models import ModelConfig, build
-from vaekit.nn import ConvHead, SubPixelConvTranspose2d, latent_grid
+from vaekit.nn import ConvHead, SubPixelConvTranspose2d, latent_grid, patch_embedding
 
 SPEC = DataSpec("levels", (3,), levels=2)
 
 
-def tiny(seed=0, layer_norm=False, spec=SPEC, arch="mlp"):
+def tiny(seed=0, layer_norm=False, spec=SPEC, arch="mlp", patches=False):
     """Two stochastic layers of one dimension each over a few binary pixels, with random weights."""
     torch.manual_seed(seed)
-    config = ModelConfig.for_data(spec, "bernoulli", arch, hidden=(8,), layers=(1, 1), layer_norm=layer_norm)
+    config = ModelConfig.for_data(
+        spec, "bernoulli", arch, hidden=(8,), layers=(1, 1), layer_norm=layer_norm, patches=patches
+    )
     model = build(config)
     with torch.no_grad():
         for p in model.parameters():  # the zero-initialised layers too, so that every path matters
@@ -152,6 +154,27 @@ def test_conv_head_keeps_the_plain_convolutions_order_of_outputs():
     assert plain.abs().min() > 0 and torch.allclose(head(h), plain, atol=1e-5)
 
 
+@torch.no_grad()
+def test_patches_reach_the_pixels_of_their_own_square_and_its_neighbours():
+    torch.manual_seed(0)
+    embed = patch_embedding(1, 16, halvings=2)  # 28x28 pixels to 7x7 positions, each a 4x4 square
+    x = torch.rand(1, 1, 28, 28)
+    moved = x.clone()
+    moved[0, 0, 9, 14] += 1.0  # row 9, column 14: the square at position (2, 3)
+    changed = (embed(moved) - embed(x)).abs().sum(1)[0] > 0
+    assert changed.nonzero().tolist() == [[2, 3]]
+    head = ConvHead(8, (1, 28, 28), n_params=1, patches=True)
+    for p in head.parameters():
+        p.add_(torch.randn_like(p))
+    maps = torch.randn(1, *head.start)
+    nudged = maps.clone()
+    nudged[0, :, 3, 3] += 1.0  # position (3, 3), the square of pixels 12..15 on both sides
+    changed = (head.from_maps(nudged) - head.from_maps(maps)).view(28, 28) != 0
+    rows, cols = changed.any(1).nonzero().flatten(), changed.any(0).nonzero().flatten()
+    # its 3x3 convolution reaches the squares around it: pixels 8..19
+    assert rows.tolist() == cols.tolist() == list(range(8, 20)) and changed.sum() == 144
+
+
 def test_sub_pixel_transposed_convolution_computes_the_transposed_convolution():
     torch.manual_seed(0)
     layer = SubPixelConvTranspose2d(16, 3)
@@ -191,14 +214,18 @@ def test_conv_head_from_the_command_line_trains_saves_and_loads(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "arch, layer_norm", [("conv", False), ("spatial", False), ("spatial", True), ("hybrid", False), ("hybrid", True)]
-)
+    "arch, layer_norm, patches",
+    [
+        ("conv", False, False), ("conv", False, True), ("spatial", False, False), ("spatial", True, False),
+        ("hybrid", False, False), ("hybrid", True, False), ("hybrid", True, True),
+    ],
+)  # fmt: skip
 @torch.no_grad()
-def test_convolutional_models_are_normalised_densities_and_importance_sampling_finds_them(arch, layer_norm):
+def test_convolutional_models_are_normalised_densities_and_importance_sampling_finds_them(arch, layer_norm, patches):
     # the conv head on 2x2 images; latent maps on one pixel of two channels (1x1 maps: two latent values; the
     # hybrid's are one map value and one dense value)
     spec, x = (IMAGE, ALL_IMAGES.view(16, 1, 2, 2)) if arch == "conv" else (TWO_CHANNELS, ALL_PIXELS)
-    model = tiny(spec=spec, arch=arch, layer_norm=layer_norm)  # zero-initialised last layers made random too
+    model = tiny(spec=spec, arch=arch, layer_norm=layer_norm, patches=patches)  # zero-initialised layers made random
     wide = dict(points=1001, extent=20.0) if arch == "hybrid" else {}  # its random map prior reaches sd 7 at mean 4
     exact = log_px_by_quadrature(model, x, **wide)
     assert abs(torch.logsumexp(exact, 0).item()) < 1e-3
@@ -232,13 +259,21 @@ def test_map_models_start_with_q_at_p_and_keep_samples_apart(arch, sizes):
     assert log_ratio.abs().min() > 0  # q now differs from p
 
 
-@pytest.mark.parametrize("arch, latent_dim", [("spatial", 3 * 16), ("hybrid", 2 * 16 + 1)])
-def test_map_models_from_the_command_line_train_save_and_load(tmp_path, arch, latent_dim):
+@pytest.mark.parametrize(
+    "arch, latent_dim, patches",
+    [("spatial", 3 * 16, False), ("hybrid", 2 * 16 + 1, False), ("hybrid", 2 * 16 + 1, True)],
+)
+def test_map_models_from_the_command_line_train_save_and_load(tmp_path, arch, latent_dim, patches):
     out = tmp_path / "s"
     args = ["train", "--data", "digits", "--out", out, "--layers", "2,1", "--hidden", "8", "--arch", arch]
-    assert main([str(a) for a in [*args, "--epochs", "2", "--quiet"]]) == 0
+    assert main([str(a) for a in [*args, "--epochs", "2", "--quiet", *(["--patches"] if patches else [])]]) == 0
     model = vaekit.load(out)
     assert model.config.arch == arch and model.latent_dim == latent_dim  # digits are 8x8: 4x4 maps
+    # a model without patches keeps the file it had before they existed
+    assert json.loads((out / "config.json").read_text())["model"].get("patches") is (True if patches else None)
+    assert type(model.map_embed.module[0] if arch == "hybrid" else model.embed.module[0]) is (
+        torch.nn.PixelUnshuffle if patches else torch.nn.Conv2d
+    )
     bottom = model.map_posterior if arch == "hybrid" else model.posteriors[0]
     assert bottom.module.weight.abs().sum() > 0  # trained and saved
     assert torch.isfinite(model.log_likelihood(model.prepare(torch.randint(0, 17, (5, 1, 8, 8))), k=10)).all()
@@ -247,3 +282,5 @@ def test_map_models_from_the_command_line_train_save_and_load(tmp_path, arch, la
         ModelConfig.for_data(SPEC, "bernoulli", "spatial", hidden=(8,), layers=(1, 1))
     with pytest.raises(OptionError, match="give its latent layers|a map layer and at least one dense layer"):
         ModelConfig.for_data(IMAGE, "bernoulli", arch, hidden=(8,), layers=() if arch == "spatial" else (1,))
+    with pytest.raises(OptionError, match="need --arch conv or hybrid"):
+        ModelConfig.for_data(IMAGE, "bernoulli", "spatial", hidden=(8,), layers=(1, 1), patches=True)

@@ -176,6 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--layer-norm", action="store_true", help="a hierarchical VAE: each residual cell starts with a LayerNorm"
     )
     p.add_argument(
+        "--patches",
+        action="store_true",
+        help="--arch conv or hybrid: the convolutional path meets the pixels by 4x4 patches (pixel shuffles) instead "
+        "of strided convolutions: a faster training step",
+    )
+    p.add_argument(
         "--context",
         type=int,
         default=0,
@@ -441,9 +447,9 @@ def _train(args: argparse.Namespace) -> None:
             args.data, args.out, likelihood=args.likelihood, arch=args.arch, latent_dim=args.latent,
             hidden=args.hidden, prior=args.prior, pseudo_inputs=args.pseudo_inputs, conditional=args.conditional,
             layers=args.layers, context=args.context, context_hidden=args.context_hidden, mixture=args.mixture,
-            layer_norm=args.layer_norm, learned_prior=args.learned_prior, objective=args.objective,
-            k=args.k, iwae_tail=args.iwae_tail, skip_threshold=args.skip_threshold, skip_factor=args.skip_factor,
-            on_nan=args.on_nan,
+            layer_norm=args.layer_norm, learned_prior=args.learned_prior, patches=args.patches,
+            objective=args.objective, k=args.k, iwae_tail=args.iwae_tail, skip_threshold=args.skip_threshold,
+            skip_factor=args.skip_factor, on_nan=args.on_nan,
             time_budget=args.time_budget, fit_prior=args.fit_prior,
             data_dir=args.data_dir, download=args.download, size=args.size, label=args.label,
             heldout_fraction=args.heldout, quiet=args.quiet, epochs=args.epochs, batch_size=args.batch_size,

@@ -79,8 +79,10 @@ class HierarchicalVAE(LatentVariableModel):
         self.merges = nn.ModuleList(nn.Linear(s, width) for s in sizes)
         self.top_down = nn.ModuleList(ResidualCell(width, config.layer_norm) for _ in sizes)
         self.out = nn.Linear(width, config.n_params * spec.dim)
-        # --arch conv: transposed convolutions beside the dense output, for images
-        self.out_conv = ConvHead(width, spec.shape, config.n_params) if config.arch == "conv" else None
+        # --arch conv: convolutions beside the dense output, for images
+        self.out_conv = None
+        if config.arch == "conv":
+            self.out_conv = ConvHead(width, spec.shape, config.n_params, patches=config.patches)
         self._build_context()
         # the top layer's mixture prior: --learned-prior's parameters, or --fit-prior's buffers (filled by
         # fit_top_prior after training)

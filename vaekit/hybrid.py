@@ -2,12 +2,14 @@
 path, whose maps get one more latent layer, at the bottom of the hierarchy.
 
     bottom-up:  x -> f_1 .. f_L as in `hierarchical`;  x -> two stride-2 convolutions -> cell -> m  (maps)
+                (with `patches`: x's 4x4 patches as channels -> 1x1 convolution -> cell -> m)
     top-down:   h <- the dense top-down path over z_L .. z_1 (`hierarchical`)
                 g <- the conv output path's maps from h (a dense layer, C maps at a quarter of the side)
                 p(z_0 | z_>0) from a 3x3 convolution of g
                 q(z_0 | x, z_>0) = p + a 3x3 convolution of (g, m), zero at the start
                 g <- cell(g + 1x1 convolution of z_0)
-                p(x | z) from h (dense layer) + g (the conv path's two transposed convolutions)
+                p(x | z) from h (dense layer) + g (the conv path's two transposed convolutions; with
+                `patches`, a 3x3 convolution to each position's 4x4 patch of pixels)
 
 The dense layers carry the image's global structure, which latent maps alone learned slowly (--arch
 spatial); the map layer, local detail, in weights shared across the image. `layers` are the map layer's
@@ -27,7 +29,7 @@ from torch import nn
 from vaekit.dist import DiagonalGaussian
 from vaekit.hierarchical import HierarchicalVAE, _corrected, _gaussian, joined_linear
 from vaekit.models import ModelConfig
-from vaekit.nn import downsamplings, strided_convolutions
+from vaekit.nn import downsamplings, patch_embedding, strided_convolutions
 from vaekit.spatial import MapCell, OnMaps, ToMaps, joined_maps
 
 
@@ -41,7 +43,10 @@ class HybridHierarchicalVAE(HierarchicalVAE):
         maps, side = self.out_conv.start[0], self.out_conv.start[1:]
         self.sizes = (map_channels * math.prod(side), *dense_sizes)
         halvings = downsamplings(height, width, most=2)
-        self.map_embed = OnMaps(strided_convolutions(channels, maps, maps, halvings, transposed=False))
+        if config.patches:
+            self.map_embed = OnMaps(patch_embedding(channels, maps, halvings))
+        else:
+            self.map_embed = OnMaps(strided_convolutions(channels, maps, maps, halvings, transposed=False))
         self.map_bottom_up = OnMaps(MapCell(maps, config.layer_norm))
         self.map_prior = OnMaps(nn.Conv2d(maps, 2 * map_channels, 3, padding=1), flatten=True)
         self.map_posterior = OnMaps(nn.Conv2d(2 * maps, 2 * map_channels, 3, padding=1), flatten=True)

@@ -75,6 +75,8 @@ class ModelConfig:
     # training (vaekit.top_prior); 0: N(0, I)
     learned_prior: int = 0  # > 0: the top layer's prior is an equal-weight mixture of this many diagonal
     # Gaussians, learned with the model (vaekit.top_prior)
+    patches: bool = False  # arch conv or hybrid: the convolutional path meets the pixels by 4x4 patches (pixel
+    # shuffles), not by strided convolutions (vaekit.nn.ConvHead)
 
     @property
     def n_params(self) -> int:
@@ -84,7 +86,8 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["spec"], d["hidden"], d["layers"] = self.spec.to_dict(), list(self.hidden), list(self.layers)
-        for key, default in (("mixture", 1), ("layer_norm", False), ("top_mixture", 0), ("learned_prior", 0)):
+        omitted = (("mixture", 1), ("layer_norm", False), ("top_mixture", 0), ("learned_prior", 0), ("patches", False))
+        for key, default in omitted:
             if d[key] == default:
                 del d[key]  # so that models without it keep their files and fingerprints (see codec.container)
         return d
@@ -117,17 +120,18 @@ class ModelConfig:
                 and all(is_integer(v) and 1 <= v <= MAX_WIDTH for v in values)
             ):
                 raise ValueError(f"{key} must be at most 16 integers in 1..{MAX_WIDTH}, got {values!r}")
-        layer_norm = d.get("layer_norm", False)
-        if not isinstance(layer_norm, bool):
-            raise ValueError(f"layer_norm must be true or false, got {layer_norm!r}")
+        switches = {key: d.get(key, False) for key in ("layer_norm", "patches")}
+        for key, value in switches.items():
+            if not isinstance(value, bool):
+                raise ValueError(f"{key} must be true or false, got {value!r}")
         spec = DataSpec.from_dict(d.get("spec"))
         try:
             config = cls.for_data(
                 spec, names["likelihood"], names["arch"], counts["latent_dim"], tuple(sizes["hidden"]),
                 prior=names["prior"], pseudo_inputs=counts["pseudo_inputs"], classes=counts["classes"],
                 layers=tuple(sizes["layers"]), context=counts["context"], context_hidden=counts["context_hidden"],
-                mixture=counts["mixture"], layer_norm=layer_norm, top_mixture=counts["top_mixture"],
-                learned_prior=counts["learned_prior"],
+                mixture=counts["mixture"], layer_norm=switches["layer_norm"], top_mixture=counts["top_mixture"],
+                learned_prior=counts["learned_prior"], patches=switches["patches"],
             )  # fmt: skip
         except OptionError as error:
             raise ValueError(str(error)) from None
@@ -156,6 +160,7 @@ class ModelConfig:
         layer_norm: bool = False,
         top_mixture: int = 0,
         learned_prior: int = 0,
+        patches: bool = False,
     ) -> ModelConfig:
         """The default model for data of this spec: the likelihood fits the data, sizes follow its dimension."""
         likelihood = likelihood or ("gaussian" if spec.kind == "real" else "discretized_logistic")
@@ -203,6 +208,10 @@ class ModelConfig:
                 )
         if layer_norm and not layers:
             raise OptionError("a LayerNorm in the residual cells needs a hierarchical model (--layers)")
+        if patches and not (layers and arch in ("conv", "hybrid")):
+            raise OptionError(
+                "patches (--patches) are the convolutional path's: they need --arch conv or hybrid, and --layers"
+            )
         for components, kind in ((top_mixture, "fitted"), (learned_prior, "learned")):
             if components:
                 check_top_mixture(layers, arch, kind)
@@ -229,7 +238,7 @@ class ModelConfig:
             raise OptionError(f"hidden layer sizes must be one or more numbers >= 1, got {list(hidden)}")
         return cls(
             spec, likelihood, arch, latent_dim, tuple(hidden), prior, pseudo_inputs, classes, tuple(layers), context,
-            context_hidden, mixture, layer_norm, top_mixture, learned_prior,
+            context_hidden, mixture, layer_norm, top_mixture, learned_prior, patches,
         )  # fmt: skip
 
 
