@@ -68,7 +68,7 @@ VAEKIT = {
     "vaekit-hybrid-256": dict(DEEP, hidden=(256,), layers=(4, *DEEP["layers"]), arch="hybrid", skip_threshold=3000.0),
 }
 # each hybrid with its convolutional path meeting the pixels by 4x4 patches (--patches), not strided convolutions:
-# 0.75 times the step time of the 256-wide one (2 threads, batch 256, bf16; 2026-12-03)
+# 0.8 times the step time of the 256-wide one (benchmarks/step_speed.py: 2 threads, batch 256, bf16; 2026-12-03)
 for name in ("vaekit-hybrid", "vaekit-hybrid-256"):
     VAEKIT[f"{name}-patches"] = dict(VAEKIT[name], patches=True)
 # each hybrid with a Gaussian mixture fitted to its top layer's posteriors as that layer's prior (--fit-prior), in

@@ -161,7 +161,8 @@ class ConvHead(nn.Module):
 
     Transposed convolutions double the maps' sides to the image's; with `patches`, one 3x3 convolution on
     the small maps gives each position its patch of pixels' numbers, which a pixel shuffle lays out: the
-    hybrid model's step took 0.75 times as long so (with `patch_embedding` for its map layer; 2 threads)."""
+    hybrid model's training step took 0.8 times as long so (with `patch_embedding` for its map layer; 2 threads,
+    benchmarks/step_speed.py)."""
 
     def __init__(self, width: int, shape: tuple[int, ...], n_params: int, maps: int = 16, patches: bool = False):
         super().__init__()
