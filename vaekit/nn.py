@@ -170,9 +170,10 @@ class ConvHead(nn.Module):
         n = downsamplings(h, w, most=2)  # two halvings: 28x28 starts at 7x7
         self.start = (maps, h >> n, w >> n)
         self.head = nn.Linear(width, math.prod(self.start))
-        if patches:
-            last = nn.Conv2d(maps, c * n_params * 4**n, 3, padding=1)
-            self.conv = nn.Sequential(nn.SiLU(), last, nn.PixelShuffle(1 << n))
+        if patches:  # each map position gives the numbers of its side x side square of pixels
+            side = 1 << n
+            last = nn.Conv2d(maps, c * n_params * side * side, 3, padding=1)
+            self.conv = nn.Sequential(nn.SiLU(), last, nn.PixelShuffle(side))
         else:
             self.conv = nn.Sequential(nn.SiLU(), *strided_convolutions(maps, maps, c * n_params, n, transposed=True))
             last = self.conv[-1]
