@@ -71,6 +71,10 @@ VAEKIT = {
 # 0.8 times the step time of the 256-wide one (benchmarks/step_speed.py: 2 threads, batch 256, bf16; 2026-12-03)
 for name in ("vaekit-hybrid", "vaekit-hybrid-256"):
     VAEKIT[f"{name}-patches"] = dict(VAEKIT[name], patches=True)
+# each hybrid with noise maps (--noise-maps): no posterior for its map layer, whose posterior had collapsed to its prior
+# (0.00 nats of KL on test images after 30 minutes, 2026-12-03), and so no bottom-up maps: a cheaper step
+for name in ("vaekit-hybrid", "vaekit-hybrid-256"):
+    VAEKIT[f"{name}-noise"] = dict(VAEKIT[name], noise_maps=True)
 # each hybrid with a Gaussian mixture fitted to its top layer's posteriors as that layer's prior (--fit-prior), in
 # the budget's last 2 %: on the 256-wide model after 30 minutes on two threads of a slow machine (45 epochs), 64
 # components gained 0.08 nats of test NLL on the first 1,000 images (16: 0.04, 256: 0.05; 2026-12-02)

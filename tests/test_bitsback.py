@@ -158,15 +158,18 @@ def test_any_hierarchical_model_round_trips(shape, levels, bernoulli, layers, it
     seed=st.integers(0, 2**31 - 1),
     arch=st.sampled_from(["conv", "spatial", "hybrid"]),  # a conv head on the dense model; latent maps; both
     patches=st.booleans(),  # conv and hybrid: the convolutional path by pixel shuffles
+    noise_maps=st.booleans(),  # hybrid: a map layer without a posterior
 )
 def test_any_convolutional_hierarchical_model_round_trips(
-    side, channels, levels, bernoulli, items, lanes, seed, arch, patches
+    side, channels, levels, bernoulli, items, lanes, seed, arch, patches, noise_maps
 ):
     torch.manual_seed(seed)
     shape = (channels, side, side)
     spec = DataSpec("levels", shape, levels=levels)
     likelihood, patches = "bernoulli" if bernoulli else None, patches and arch != "spatial"
-    config = ModelConfig.for_data(spec, likelihood, arch, hidden=(8,), layers=(2, 1), patches=patches)
+    config = ModelConfig.for_data(
+        spec, likelihood, arch, hidden=(8,), layers=(2, 1), patches=patches, noise_maps=noise_maps and arch == "hybrid"
+    )
     _assert_round_trip(_with_random_weights(build(config)), shape, levels, bernoulli, items, lanes, seed)
 
 

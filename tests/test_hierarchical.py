@@ -18,12 +18,13 @@ from vaekit.nn import ConvHead, SubPixelConvTranspose2d, latent_grid, patch_embe
 SPEC = DataSpec("levels", (3,), levels=2)
 
 
-def tiny(seed=0, layer_norm=False, spec=SPEC, arch="mlp", patches=False):
+def tiny(seed=0, layer_norm=False, spec=SPEC, arch="mlp", patches=False, noise_maps=False):
     """Two stochastic layers of one dimension each over a few binary pixels, with random weights."""
     torch.manual_seed(seed)
     config = ModelConfig.for_data(
-        spec, "bernoulli", arch, hidden=(8,), layers=(1, 1), layer_norm=layer_norm, patches=patches
-    )
+        spec, "bernoulli", arch, hidden=(8,), layers=(1, 1), layer_norm=layer_norm, patches=patches,
+        noise_maps=noise_maps,
+    )  # fmt: skip
     model = build(config)
     with torch.no_grad():
         for p in model.parameters():  # the zero-initialised layers too, so that every path matters
@@ -214,18 +215,19 @@ def test_conv_head_from_the_command_line_trains_saves_and_loads(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "arch, layer_norm, patches",
+    "arch, options",
     [
-        ("conv", False, False), ("conv", False, True), ("spatial", False, False), ("spatial", True, False),
-        ("hybrid", False, False), ("hybrid", True, False), ("hybrid", True, True),
+        ("conv", {}), ("conv", {"patches": True}), ("spatial", {}), ("spatial", {"layer_norm": True}),
+        ("hybrid", {}), ("hybrid", {"layer_norm": True}), ("hybrid", {"layer_norm": True, "patches": True}),
+        ("hybrid", {"noise_maps": True}),
     ],
 )  # fmt: skip
 @torch.no_grad()
-def test_convolutional_models_are_normalised_densities_and_importance_sampling_finds_them(arch, layer_norm, patches):
+def test_convolutional_models_are_normalised_densities_and_importance_sampling_finds_them(arch, options):
     # the conv head on 2x2 images; latent maps on one pixel of two channels (1x1 maps: two latent values; the
     # hybrid's are one map value and one dense value)
     spec, x = (IMAGE, ALL_IMAGES.view(16, 1, 2, 2)) if arch == "conv" else (TWO_CHANNELS, ALL_PIXELS)
-    model = tiny(spec=spec, arch=arch, layer_norm=layer_norm, patches=patches)  # zero-initialised layers made random
+    model = tiny(spec=spec, arch=arch, **options)  # zero-initialised layers made random
     wide = dict(points=1001, extent=20.0) if arch == "hybrid" else {}  # its random map prior reaches sd 7 at mean 4
     exact = log_px_by_quadrature(model, x, **wide)
     assert abs(torch.logsumexp(exact, 0).item()) < 1e-3
@@ -259,23 +261,60 @@ def test_map_models_start_with_q_at_p_and_keep_samples_apart(arch, sizes):
     assert log_ratio.abs().min() > 0  # q now differs from p
 
 
+MAP_INFERENCE = ("map_embed", "map_bottom_up", "map_posterior")  # the hybrid's modules that --noise-maps drops
+
+
+@torch.no_grad()
+def test_noise_maps_are_the_hybrid_with_its_map_posterior_held_at_its_prior():
+    # the full hybrid starts with its map layer's posterior at the prior; given the same weights elsewhere, the
+    # model with noise maps has the same ELBO and importance weights, and no parameters for that posterior
+    spec, x = DataSpec("levels", (1, 8, 8), levels=2), torch.randint(0, 2, (4, 1, 8, 8)).float()
+    torch.manual_seed(0)
+    shape = dict(hidden=(6,), layers=(3, 2), layer_norm=True)
+    full, noise = (
+        build(ModelConfig.for_data(spec, "bernoulli", "hybrid", **shape, noise_maps=n)) for n in (False, True)
+    )
+    for name, p in full.named_parameters():
+        if not name.startswith("map_posterior"):
+            p.add_(0.3 * torch.randn_like(p))
+    noise.load_state_dict({k: v for k, v in full.state_dict().items() if not k.startswith(MAP_INFERENCE)})
+    eps = torch.randn(3, 4, full.latent_dim)
+    for a, b in zip(full.log_weights(x, eps), noise.log_weights(x, eps), strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
+    elbo, maps = noise.elbo(x, eps[0]), 48  # 3 maps of 4x4
+    assert torch.allclose(elbo.elbo, full.elbo(x, eps[0]).elbo, atol=1e-5)
+    assert torch.equal(elbo.kl_per_dim[:, :maps], torch.zeros(4, maps)) and elbo.kl_per_dim[:, maps:].sum() > 0
+    moved = eps[0].clone()
+    moved[:, :maps] += 1.0  # the noise reaches the pixels
+    assert (noise.elbo(x, moved).reconstruction - elbo.reconstruction).abs().min() > 1e-4
+
+
 @pytest.mark.parametrize(
-    "arch, latent_dim, patches",
-    [("spatial", 3 * 16, False), ("hybrid", 2 * 16 + 1, False), ("hybrid", 2 * 16 + 1, True)],
-)
-def test_map_models_from_the_command_line_train_save_and_load(tmp_path, arch, latent_dim, patches):
+    "arch, latent_dim, switch",
+    [("spatial", 3 * 16, None), ("hybrid", 2 * 16 + 1, None), ("hybrid", 2 * 16 + 1, "patches"),
+     ("hybrid", 2 * 16 + 1, "noise_maps")],
+)  # fmt: skip
+def test_map_models_from_the_command_line_train_save_and_load(tmp_path, arch, latent_dim, switch):
     out = tmp_path / "s"
     args = ["train", "--data", "digits", "--out", out, "--layers", "2,1", "--hidden", "8", "--arch", arch]
-    assert main([str(a) for a in [*args, "--epochs", "2", "--quiet", *(["--patches"] if patches else [])]]) == 0
+    flags = [] if switch is None else ["--" + switch.replace("_", "-")]
+    assert main([str(a) for a in [*args, "--epochs", "2", "--quiet", *flags]]) == 0
     model = vaekit.load(out)
     assert model.config.arch == arch and model.latent_dim == latent_dim  # digits are 8x8: 4x4 maps
-    # a model without patches keeps the file it had before they existed
-    assert json.loads((out / "config.json").read_text())["model"].get("patches") is (True if patches else None)
-    assert type(model.map_embed.module[0] if arch == "hybrid" else model.embed.module[0]) is (
-        torch.nn.PixelUnshuffle if patches else torch.nn.Conv2d
-    )
-    bottom = model.map_posterior if arch == "hybrid" else model.posteriors[0]
-    assert bottom.module.weight.abs().sum() > 0  # trained and saved
+    # a model without the switches keeps the file it had before they existed
+    recorded = json.loads((out / "config.json").read_text())["model"]
+    assert {key: recorded.get(key) for key in ("patches", "noise_maps")} == {
+        key: True if key == switch else None for key in ("patches", "noise_maps")
+    }
+    if switch == "noise_maps":  # no posterior for the map layer, no bottom-up maps
+        assert not any(name.startswith(MAP_INFERENCE) for name in model.state_dict())
+        trained = model.posteriors[0].weight  # the lowest dense layer's
+    else:
+        assert type(model.map_embed.module[0] if arch == "hybrid" else model.embed.module[0]) is (
+            torch.nn.PixelUnshuffle if switch == "patches" else torch.nn.Conv2d
+        )
+        trained = (model.map_posterior if arch == "hybrid" else model.posteriors[0]).module.weight
+    assert trained.abs().sum() > 0  # trained and saved
     assert torch.isfinite(model.log_likelihood(model.prepare(torch.randint(0, 17, (5, 1, 8, 8))), k=10)).all()
     assert model.sample(2).shape == (2, 1, 8, 8)
     with pytest.raises(OptionError, match="needs image data"):
@@ -284,3 +323,5 @@ def test_map_models_from_the_command_line_train_save_and_load(tmp_path, arch, la
         ModelConfig.for_data(IMAGE, "bernoulli", arch, hidden=(8,), layers=() if arch == "spatial" else (1,))
     with pytest.raises(OptionError, match="need --arch conv or hybrid"):
         ModelConfig.for_data(IMAGE, "bernoulli", "spatial", hidden=(8,), layers=(1, 1), patches=True)
+    with pytest.raises(OptionError, match="need --arch hybrid"):
+        ModelConfig.for_data(IMAGE, "bernoulli", "conv", hidden=(8,), layers=(1, 1), noise_maps=True)

@@ -182,6 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
         "of strided convolutions: a faster training step",
     )
     p.add_argument(
+        "--noise-maps",
+        action="store_true",
+        help="--arch hybrid: the map layer has no posterior; its latents are noise drawn from their prior, which the "
+        "output path learns to use, and there is no bottom-up map path: a faster training step",
+    )
+    p.add_argument(
         "--context",
         type=int,
         default=0,
@@ -448,8 +454,8 @@ def _train(args: argparse.Namespace) -> None:
             hidden=args.hidden, prior=args.prior, pseudo_inputs=args.pseudo_inputs, conditional=args.conditional,
             layers=args.layers, context=args.context, context_hidden=args.context_hidden, mixture=args.mixture,
             layer_norm=args.layer_norm, learned_prior=args.learned_prior, patches=args.patches,
-            objective=args.objective, k=args.k, iwae_tail=args.iwae_tail, skip_threshold=args.skip_threshold,
-            skip_factor=args.skip_factor, on_nan=args.on_nan,
+            noise_maps=args.noise_maps, objective=args.objective, k=args.k, iwae_tail=args.iwae_tail,
+            skip_threshold=args.skip_threshold, skip_factor=args.skip_factor, on_nan=args.on_nan,
             time_budget=args.time_budget, fit_prior=args.fit_prior,
             data_dir=args.data_dir, download=args.download, size=args.size, label=args.label,
             heldout_fraction=args.heldout, quiet=args.quiet, epochs=args.epochs, batch_size=args.batch_size,

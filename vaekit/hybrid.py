@@ -16,6 +16,12 @@ spatial); the map layer, local detail, in weights shared across the image. `laye
 channels, then the dense layers' sizes, bottom to top: 4,32,32,16,16,8,8 is 4 maps of 7x7 under six
 dense layers on 28x28 images. Latents stay flat at the model's interface: z_0 (channel-major), then
 z_1 .. z_L.
+
+With `noise_maps` the map layer has no posterior: q(z_0 | x, z_>0) is p(z_0 | z_>0), so z_0 is noise that
+the output path learns to use (its KL is zero; importance sampling integrates it out), and there is no
+bottom-up map path. Trained on binarised Fashion-MNIST, the map layer's posterior had collapsed to its
+prior anyway (0.00 nats of KL on test images after 30 minutes), and the step without it takes 0.82 times
+as long (2 threads, bf16, batch 256).
 """
 
 from __future__ import annotations
@@ -42,21 +48,26 @@ class HybridHierarchicalVAE(HierarchicalVAE):
         channels, height, width = config.spec.shape
         maps, side = self.out_conv.start[0], self.out_conv.start[1:]
         self.sizes = (map_channels * math.prod(side), *dense_sizes)
-        halvings = downsamplings(height, width, most=2)
-        if config.patches:
-            self.map_embed = OnMaps(patch_embedding(channels, maps, halvings))
-        else:
-            self.map_embed = OnMaps(strided_convolutions(channels, maps, maps, halvings, transposed=False))
-        self.map_bottom_up = OnMaps(MapCell(maps, config.layer_norm))
+        inference = not config.noise_maps  # the map layer's posterior and the bottom-up path it sees
+        if inference:
+            halvings = downsamplings(height, width, most=2)
+            if config.patches:
+                self.map_embed = OnMaps(patch_embedding(channels, maps, halvings))
+            else:
+                self.map_embed = OnMaps(strided_convolutions(channels, maps, maps, halvings, transposed=False))
+            self.map_bottom_up = OnMaps(MapCell(maps, config.layer_norm))
         self.map_prior = OnMaps(nn.Conv2d(maps, 2 * map_channels, 3, padding=1), flatten=True)
-        self.map_posterior = OnMaps(nn.Conv2d(2 * maps, 2 * map_channels, 3, padding=1), flatten=True)
+        if inference:
+            self.map_posterior = OnMaps(nn.Conv2d(2 * maps, 2 * map_channels, 3, padding=1), flatten=True)
+            nn.init.zeros_(self.map_posterior.module.weight)  # the posterior starts as the prior
+            nn.init.zeros_(self.map_posterior.module.bias)
         self.map_merge = ToMaps(map_channels, side, maps)
         self.map_top_down = OnMaps(MapCell(maps, config.layer_norm))
-        nn.init.zeros_(self.map_posterior.module.weight)  # the posterior starts as the prior
-        nn.init.zeros_(self.map_posterior.module.bias)
 
     # layer 0 is the map layer; layer l > 0 is the dense model's layer l - 1
-    def _features(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def _features(self, x: torch.Tensor) -> list[torch.Tensor | None]:
+        if self.config.noise_maps:
+            return [None, *super()._features(x)]
         maps = self.map_bottom_up(self.map_embed(self._encoder_input(x)))
         return [maps, *super()._features(x)]
 
@@ -67,8 +78,12 @@ class HybridHierarchicalVAE(HierarchicalVAE):
             return super()._prior(layer, h)  # N(0, I)
         return _gaussian(self.priors[layer - 1](h))
 
-    def _posterior(self, layer: int, h: torch.Tensor, f: torch.Tensor, prior: DiagonalGaussian) -> DiagonalGaussian:
+    def _posterior(
+        self, layer: int, h: torch.Tensor, f: torch.Tensor | None, prior: DiagonalGaussian
+    ) -> DiagonalGaussian:
         if layer == 0:
+            if self.config.noise_maps:
+                return prior
             return _corrected(prior, joined_maps(self.map_posterior, h, f))
         return _corrected(prior, joined_linear(self.posteriors[layer - 1], h, f))
 

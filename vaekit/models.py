@@ -77,6 +77,8 @@ class ModelConfig:
     # Gaussians, learned with the model (vaekit.top_prior)
     patches: bool = False  # arch conv or hybrid: the convolutional path meets the pixels by 4x4 patches (pixel
     # shuffles), not by strided convolutions (vaekit.nn.ConvHead)
+    noise_maps: bool = False  # arch hybrid: the map layer has no posterior, its latents are drawn from their prior
+    # in inference too (noise the output path uses), and there is no bottom-up map path (vaekit.hybrid)
 
     @property
     def n_params(self) -> int:
@@ -86,7 +88,10 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["spec"], d["hidden"], d["layers"] = self.spec.to_dict(), list(self.hidden), list(self.layers)
-        omitted = (("mixture", 1), ("layer_norm", False), ("top_mixture", 0), ("learned_prior", 0), ("patches", False))
+        omitted = (
+            ("mixture", 1), ("layer_norm", False), ("top_mixture", 0), ("learned_prior", 0), ("patches", False),
+            ("noise_maps", False),
+        )  # fmt: skip
         for key, default in omitted:
             if d[key] == default:
                 del d[key]  # so that models without it keep their files and fingerprints (see codec.container)
@@ -120,7 +125,7 @@ class ModelConfig:
                 and all(is_integer(v) and 1 <= v <= MAX_WIDTH for v in values)
             ):
                 raise ValueError(f"{key} must be at most 16 integers in 1..{MAX_WIDTH}, got {values!r}")
-        switches = {key: d.get(key, False) for key in ("layer_norm", "patches")}
+        switches = {key: d.get(key, False) for key in ("layer_norm", "patches", "noise_maps")}
         for key, value in switches.items():
             if not isinstance(value, bool):
                 raise ValueError(f"{key} must be true or false, got {value!r}")
@@ -131,7 +136,7 @@ class ModelConfig:
                 prior=names["prior"], pseudo_inputs=counts["pseudo_inputs"], classes=counts["classes"],
                 layers=tuple(sizes["layers"]), context=counts["context"], context_hidden=counts["context_hidden"],
                 mixture=counts["mixture"], layer_norm=switches["layer_norm"], top_mixture=counts["top_mixture"],
-                learned_prior=counts["learned_prior"], patches=switches["patches"],
+                learned_prior=counts["learned_prior"], patches=switches["patches"], noise_maps=switches["noise_maps"],
             )  # fmt: skip
         except OptionError as error:
             raise ValueError(str(error)) from None
@@ -161,6 +166,7 @@ class ModelConfig:
         top_mixture: int = 0,
         learned_prior: int = 0,
         patches: bool = False,
+        noise_maps: bool = False,
     ) -> ModelConfig:
         """The default model for data of this spec: the likelihood fits the data, sizes follow its dimension."""
         likelihood = likelihood or ("gaussian" if spec.kind == "real" else "discretized_logistic")
@@ -212,6 +218,8 @@ class ModelConfig:
             raise OptionError(
                 "patches (--patches) are the convolutional path's: they need --arch conv or hybrid, and --layers"
             )
+        if noise_maps and arch != "hybrid":
+            raise OptionError("noise maps (--noise-maps) are the hybrid model's map layer: they need --arch hybrid")
         for components, kind in ((top_mixture, "fitted"), (learned_prior, "learned")):
             if components:
                 check_top_mixture(layers, arch, kind)
@@ -238,7 +246,7 @@ class ModelConfig:
             raise OptionError(f"hidden layer sizes must be one or more numbers >= 1, got {list(hidden)}")
         return cls(
             spec, likelihood, arch, latent_dim, tuple(hidden), prior, pseudo_inputs, classes, tuple(layers), context,
-            context_hidden, mixture, layer_norm, top_mixture, learned_prior, patches,
+            context_hidden, mixture, layer_norm, top_mixture, learned_prior, patches, noise_maps,
         )  # fmt: skip
 
 

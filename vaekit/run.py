@@ -54,6 +54,7 @@ def train(
     layer_norm: bool = False,
     learned_prior: int = 0,
     patches: bool = False,
+    noise_maps: bool = False,
     data_dir: str | os.PathLike | None = None,
     download: bool = False,
     size: tuple[int, int] | None = None,
@@ -72,7 +73,9 @@ def train(
     `mixture` (discretised data: each value's likelihood a mixture of this many discretised logistics),
     `layer_norm` (a hierarchical model: each residual cell starts with a LayerNorm), `learned_prior` (a hierarchical
     model: the top layer's prior is a mixture of this many diagonal Gaussians, learned with it), `patches` (arch
-    conv or hybrid: the convolutional path meets the pixels by 4x4 patches, not strided convolutions: a faster step).
+    conv or hybrid: the convolutional path meets the pixels by 4x4 patches, not strided convolutions: a faster step),
+    `noise_maps` (arch hybrid: the map layer has no posterior, its latents are noise from their prior, and there is
+    no bottom-up map path: a faster step).
     `options` are TrainConfig fields: epochs, batch_size, lr, beta, warmup_epochs, free_bits, clip_grad,
     weight_decay, patience, binarize, objective, k, iwae_tail, skip_threshold, skip_factor, on_nan, precision,
     fit_prior (a mixture prior for the top layer, fitted once trained: vaekit.top_prior), seed.
@@ -103,7 +106,7 @@ def train(
     model_config = ModelConfig.for_data(
         spec, likelihood, arch, latent_dim, hidden, prior=prior, pseudo_inputs=pseudo_inputs, classes=classes,
         layers=tuple(layers), context=context, context_hidden=context_hidden, mixture=mixture,
-        layer_norm=layer_norm, learned_prior=learned_prior, patches=patches,
+        layer_norm=layer_norm, learned_prior=learned_prior, patches=patches, noise_maps=noise_maps,
     )  # fmt: skip
     check_model_fits(config, model_config)  # before the run folder is made
     model = build(model_config)
