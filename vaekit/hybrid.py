@@ -20,8 +20,8 @@ z_1 .. z_L.
 With `noise_maps` the map layer has no posterior: q(z_0 | x, z_>0) is p(z_0 | z_>0), so z_0 is noise that
 the output path learns to use (its KL is zero; importance sampling integrates it out), and there is no
 bottom-up map path. Trained on binarised Fashion-MNIST, the map layer's posterior had collapsed to its
-prior anyway (0.00 nats of KL on test images after 30 minutes), and the step without it takes 0.82 times
-as long (2 threads, bf16, batch 256).
+prior anyway (0.00 nats of KL on test images after 30 minutes), and the step without it takes 0.78-0.84
+times as long (benchmarks/step_speed.py: 2 threads, bf16, batch 256).
 """
 
 from __future__ import annotations
