@@ -67,19 +67,20 @@ VAEKIT = {
     # and 256 wide: on a slow sitting (2026-12-01, 99 GFLOP/s) the 384-wide model made only 42 epochs in 30 minutes
     "vaekit-hybrid-256": dict(DEEP, hidden=(256,), layers=(4, *DEEP["layers"]), arch="hybrid", skip_threshold=3000.0),
 }
+HYBRIDS = ("vaekit-hybrid", "vaekit-hybrid-256")  # the rows below are variants of each
 # each hybrid with its convolutional path meeting the pixels by 4x4 patches (--patches), not strided convolutions:
 # 0.8 times the step time of the 256-wide one (benchmarks/step_speed.py: 2 threads, batch 256, bf16; 2026-12-03)
-for name in ("vaekit-hybrid", "vaekit-hybrid-256"):
+for name in HYBRIDS:
     VAEKIT[f"{name}-patches"] = dict(VAEKIT[name], patches=True)
 # each hybrid with noise maps (--noise-maps): no posterior for its map layer, whose posterior had collapsed to its prior
 # (0.00 nats of KL on test images after 30 minutes, 2026-12-03), and so no bottom-up maps: a cheaper step
-for name in ("vaekit-hybrid", "vaekit-hybrid-256"):
+for name in HYBRIDS:
     VAEKIT[f"{name}-noise"] = dict(VAEKIT[name], noise_maps=True)
 # each hybrid with a Gaussian mixture fitted to its top layer's posteriors as that layer's prior (--fit-prior), in
 # the budget's last 2 %: on the 256-wide model after 30 minutes on two threads of a slow machine (45 epochs), 64
 # components gained 0.08 nats of test NLL on the first 1,000 images (16: 0.04, 256: 0.05; 2026-12-02)
 FIT_PRIOR = 64
-for name in ("vaekit-hybrid", "vaekit-hybrid-256"):
+for name in HYBRIDS:
     VAEKIT[f"{name}-prior"] = dict(VAEKIT[name], fit_prior=FIT_PRIOR)
     # ... or with a 64-component diagonal mixture learned with the model as that prior (--learned-prior): on 15-minute
     # one-thread pilots of the 256-wide model, 0.39 nats of NLL ahead of N(0, I) on the first 1,000 test images, but

@@ -48,7 +48,9 @@ class HybridHierarchicalVAE(HierarchicalVAE):
         channels, height, width = config.spec.shape
         maps, side = self.out_conv.start[0], self.out_conv.start[1:]
         self.sizes = (map_channels * math.prod(side), *dense_sizes)
-        inference = not config.noise_maps  # the map layer's posterior and the bottom-up path it sees
+        # the map layer's posterior and the bottom-up path it sees; built in the order they always were, so that a
+        # seed gives a hybrid without noise maps the weights it had before they existed
+        inference = not config.noise_maps
         if inference:
             halvings = downsamplings(height, width, most=2)
             if config.patches:
