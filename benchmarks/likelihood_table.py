@@ -132,9 +132,25 @@ def train_peer(name: str, source: str, budget: float, heldout: float, out: Path)
     return PythaeAdapter(peer, config), seconds, epochs
 
 
+def first_start(folder: Path, gflops: float) -> dict:
+    """The date and matmul rate of the sitting where a kept run folder's measurement began: a row resumed in a
+    later sitting (its training or only its evaluation) belongs to the sitting it trained in, not to this one."""
+    record = folder / "table-start.json"
+    if record.exists():
+        return json.loads(record.read_text())
+    start = {"date": time.strftime("%Y-%m-%d"), "matmul_gflops": gflops}
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(str(record), start)
+    return start
+
+
 def measure(name: str, source: str, budget: float, heldout: float, k: int, out: Path) -> dict:
     # the machine's speed varies between sittings; this same-run reference makes rows comparable
     gflops = matmul_gflops()
+    if name in VAEKIT:  # pythae's models are trained afresh each time
+        began = first_start(out / name, gflops)
+    else:
+        began = {"date": time.strftime("%Y-%m-%d"), "matmul_gflops": gflops}
     start = time.perf_counter()
     # phase lines: in a log file (a background run) the progress bars are off
     where = f"; its curve goes to {out / name / 'metrics.csv'}" if name in VAEKIT else ""
@@ -162,8 +178,8 @@ def measure(name: str, source: str, budget: float, heldout: float, k: int, out: 
         **nll,
         "test_items": len(x),
         "binarization": f"dynamic in training; test: one draw, seed {EVAL_SEED}",
-        "wall_seconds": time.perf_counter() - start,
-        "matmul_gflops": gflops,
+        "wall_seconds": time.perf_counter() - start,  # this sitting's part of it
+        **began,
         "heldout_fraction": heldout,
         # what vaekit's `auto` chose (bf16 autocast where a probe finds it faster); pythae's trainer offers
         # mixed precision only on CUDA, so it trains in fp32 here
@@ -216,7 +232,7 @@ def main() -> None:
                 curves = path.with_name(path.stem + "-curves")
                 curves.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(curve, curves / f"{name}.csv")
-        row.update(date=time.strftime("%Y-%m-%d"), cpu=cpu_name(), k=args.k, budget=args.budget)
+        row.update(cpu=cpu_name(), k=args.k, budget=args.budget)
         results.setdefault("models", {})[name] = row
         write_json(str(path), results)  # a table of hours of rows: never left half-written
         print(f"{name}: NLL {row['nll']:.2f} ± {row['nll_stderr']:.2f}, -ELBO {row['test_neg_elbo']:.2f}", flush=True)
