@@ -51,6 +51,8 @@ def test_run_folder_contents_and_metrics(tiny_run):
 
 
 def test_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch):
+    # both runs in one precision: `auto`'s timed choice could differ between them on a busy machine
+    monkeypatch.setattr(train_module, "bf16_is_faster", lambda device_type: False)
     full = vaekit.train("digits", tmp_path / "full", epochs=4, **TINY)
     original_end = train_module.Trainer._end_epoch
 
@@ -195,7 +197,7 @@ def test_a_run_cut_before_its_first_checkpoint_resumes_from_the_start(tmp_path, 
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_the_run_folder_records_what_auto_chose_and_a_resume_on_another_machine_updates_it(tmp_path, monkeypatch):
+def test_auto_is_recorded_and_a_run_cut_before_its_first_checkpoint_chooses_again(tmp_path, monkeypatch):
     def crash(self, train, heldout, stop_below=None):
         raise KeyboardInterrupt
 
@@ -212,6 +214,28 @@ def test_the_run_folder_records_what_auto_chose_and_a_resume_on_another_machine_
     vaekit.resume(tmp_path / "cut", quiet=True)
     assert recorded() == {"device": "cpu", "precision": "bf16"}
     assert json.loads((tmp_path / "cut" / "config.json").read_text())["training"]["precision"] == "auto"
+
+
+def test_a_resumed_run_keeps_the_precision_it_began_in(tmp_path, monkeypatch):
+    # `auto` is timed: on a busy machine it can choose otherwise at a resume, which would change the run halfway
+    monkeypatch.setattr(train_module, "bf16_is_faster", lambda device_type: False)
+    full = vaekit.train("digits", tmp_path / "full", epochs=3, **TINY)
+    original_end = train_module.Trainer._end_epoch
+
+    def crash_after_one(self, row):
+        original_end(self, row)
+        if self.epoch == 1:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train_module.Trainer, "_end_epoch", crash_after_one)
+        with pytest.raises(KeyboardInterrupt):
+            vaekit.train("digits", tmp_path / "cut", epochs=3, **TINY)
+    monkeypatch.setattr(train_module, "bf16_is_faster", lambda device_type: True)  # the probe now says bf16
+    resumed = vaekit.resume(tmp_path / "cut", quiet=True)
+    assert json.loads((tmp_path / "cut" / "config.json").read_text())["resolved"]["precision"] == "fp32"
+    a, b = weights(full.run_dir, "checkpoint.safetensors"), weights(resumed.run_dir, "checkpoint.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_checkpoint_is_one_file_with_its_counters(tiny_run):

@@ -134,11 +134,25 @@ def resume(run_dir: str | os.PathLike, quiet: bool = False, device: str = "auto"
     torch.manual_seed(config["training"]["seed"])  # the same initial weights, should no checkpoint exist yet
     # training always runs under N(0, I): a prior fitted before an interruption is fitted again at the end
     model = build(dataclasses.replace(ModelConfig.from_dict(config["model"]), top_mixture=0))
-    trainer = Trainer(model, TrainConfig(**config["training"]), run_dir, quiet, device)
+    trainer = Trainer(model, TrainConfig(**_kept_arithmetic(run_dir, config, device)), run_dir, quiet, device)
     trainer.restore_checkpoint()
     if distributed.is_main() and config.get("resolved") != trainer.resolved:  # another machine, or `auto` chose anew
         model_io.update_config(run_dir, resolved=trainer.resolved)  # the model section as recorded (a fitted prior)
     return _finish(trainer, train_set, heldout)
+
+
+def _kept_arithmetic(run_dir: Path, config: dict, device: str) -> dict:
+    """The training options to resume with: a run that has begun training on this kind of device keeps the
+    precision it began in, rather than letting `auto` choose afresh. The choice is timed, and a busy machine
+    can flip it, which would change a run's arithmetic halfway (and its result, against an uninterrupted
+    run). A run cut before its first checkpoint, or moved to another kind of device, still lets `auto`
+    choose."""
+    training, recorded = config["training"], config.get("resolved", {})
+    began = (run_dir / model_io.CHECKPOINT).exists()
+    same_kind = recorded.get("device") == resolve_device(device).type
+    if began and same_kind and recorded.get("precision") in ("fp32", "bf16"):
+        return {**training, "precision": recorded["precision"]}
+    return training
 
 
 def _finish(trainer: Trainer, train_set: Dataset, heldout: Dataset) -> Run:
