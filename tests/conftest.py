@@ -22,3 +22,24 @@ def tiny_run(tmp_path_factory, private_cache):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture
+def cut_training():
+    """Train on digits as `vaekit.train` would, but stop as if killed right after `epoch` was saved."""
+    from vaekit import trainer
+
+    def cut(run_dir, epoch: int, **options) -> None:
+        original_end = trainer.Trainer._end_epoch
+
+        def end_then_stop(self, row):
+            original_end(self, row)
+            if self.epoch == epoch:
+                raise KeyboardInterrupt
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(trainer.Trainer, "_end_epoch", end_then_stop)
+            with pytest.raises(KeyboardInterrupt):
+                vaekit.train("digits", run_dir, **options)
+
+    return cut

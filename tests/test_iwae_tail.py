@@ -94,20 +94,10 @@ def test_one_sample_iwae_bound_is_its_elbo_and_more_samples_tighten_it():
     assert many[3] < many[0] - 1.0  # an untrained model's weights vary: log-mean-exp lies well above the mean
 
 
-def test_a_run_resumed_inside_the_tail_equals_an_uninterrupted_one(tmp_path, monkeypatch):
+def test_a_run_resumed_inside_the_tail_equals_an_uninterrupted_one(tmp_path, cut_training):
     options = dict(epochs=4, iwae_tail=0.5, **SMALL)
     full = vaekit.train("digits", tmp_path / "full", **options)
-    original_end = train_module.Trainer._end_epoch
-
-    def crash_after_three(self, row):
-        original_end(self, row)
-        if self.epoch == 3:
-            raise KeyboardInterrupt
-
-    with monkeypatch.context() as patch:
-        patch.setattr(train_module.Trainer, "_end_epoch", crash_after_three)
-        with pytest.raises(KeyboardInterrupt):
-            vaekit.train("digits", tmp_path / "cut", **options)
+    cut_training(tmp_path / "cut", 3, **options)
     resumed = vaekit.resume(tmp_path / "cut", quiet=True)
     assert [m["heldout_neg_iwae"] for m in resumed.metrics] == [m["heldout_neg_iwae"] for m in full.metrics]
     a, b = (vaekit.load(r.run_dir).state_dict() for r in (full, resumed))

@@ -50,22 +50,12 @@ def test_run_folder_contents_and_metrics(tiny_run):
     assert config["data"]["source"] == "digits" and config["training"]["epochs"] == 2
 
 
-def test_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch):
+def test_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch, cut_training):
     # both runs in one precision: `auto`'s timed choice could differ between them on a busy machine
     monkeypatch.setattr(train_module, "bf16_is_faster", lambda device_type: False)
     full = vaekit.train("digits", tmp_path / "full", epochs=4, **TINY)
-    original_end = train_module.Trainer._end_epoch
-
-    def crash_after_two(self, row):
-        original_end(self, row)
-        if self.epoch == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(train_module.Trainer, "_end_epoch", crash_after_two)
-    with pytest.raises(KeyboardInterrupt):
-        vaekit.train("digits", tmp_path / "cut", epochs=4, **TINY)
+    cut_training(tmp_path / "cut", 2, epochs=4, **TINY)
     vaekit.load(tmp_path / "cut")  # loadable while interrupted
-    monkeypatch.setattr(train_module.Trainer, "_end_epoch", original_end)
     resumed = vaekit.resume(tmp_path / "cut", quiet=True)
     assert len(resumed.metrics) == 4
     a, b = weights(full.run_dir, "checkpoint.safetensors"), weights(resumed.run_dir, "checkpoint.safetensors")
@@ -216,21 +206,11 @@ def test_auto_is_recorded_and_a_run_cut_before_its_first_checkpoint_chooses_agai
     assert json.loads((tmp_path / "cut" / "config.json").read_text())["training"]["precision"] == "auto"
 
 
-def test_a_resumed_run_keeps_the_precision_it_began_in(tmp_path, monkeypatch):
+def test_a_resumed_run_keeps_the_precision_it_began_in(tmp_path, monkeypatch, cut_training):
     # `auto` is timed: on a busy machine it can choose otherwise at a resume, which would change the run halfway
     monkeypatch.setattr(train_module, "bf16_is_faster", lambda device_type: False)
     full = vaekit.train("digits", tmp_path / "full", epochs=3, **TINY)
-    original_end = train_module.Trainer._end_epoch
-
-    def crash_after_one(self, row):
-        original_end(self, row)
-        if self.epoch == 1:
-            raise KeyboardInterrupt
-
-    with monkeypatch.context() as patch:
-        patch.setattr(train_module.Trainer, "_end_epoch", crash_after_one)
-        with pytest.raises(KeyboardInterrupt):
-            vaekit.train("digits", tmp_path / "cut", epochs=3, **TINY)
+    cut_training(tmp_path / "cut", 1, epochs=3, **TINY)
     monkeypatch.setattr(train_module, "bf16_is_faster", lambda device_type: True)  # the probe now says bf16
     resumed = vaekit.resume(tmp_path / "cut", quiet=True)
     assert json.loads((tmp_path / "cut" / "config.json").read_text())["resolved"]["precision"] == "fp32"
