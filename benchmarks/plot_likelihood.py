@@ -16,12 +16,7 @@ import csv
 import json
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # no screen on the machines this runs on
-import matplotlib.pyplot as plt
-
-from vaekit._atomic import atomic_path
+from vaekit.report import _pyplot, _save_figure  # headless pyplot; a figure written atomically, then closed
 
 DEEP = ("vaekit-hierarchical", "vaekit-hybrid")
 RESULTS = Path(__file__).parent / "results"
@@ -44,10 +39,11 @@ def curve(table: str, name: str) -> tuple[list[float], list[float]]:
 
 
 def draw(out: Path) -> None:
+    plt = _pyplot()
+    tables = {budget: rows(table) for budget, table in TABLES.items()}  # each results file read once
     figure, (bars, curves) = plt.subplots(1, 2, figsize=(13, 5.5), gridspec_kw={"width_ratios": [1, 1.3]})
 
-    table = rows(TABLES["30 min"])
-    ranked = sorted(table.items(), key=lambda item: item[1]["nll"], reverse=True)
+    ranked = sorted(tables["30 min"].items(), key=lambda item: item[1]["nll"], reverse=True)
     names = [f"{name} ({row['date'][5:]})" for name, row in ranked]
     nlls = [row["nll"] for _, row in ranked]
     colours = ["tab:orange" if name.startswith("pythae") else "tab:blue" for name, _ in ranked]
@@ -60,7 +56,7 @@ def draw(out: Path) -> None:
     bars.tick_params(axis="y", labelsize=8)
 
     for budget, style in (("30 min", "-"), ("2 h", "--")):
-        for name, row in rows(TABLES[budget]).items():
+        for name, row in tables[budget].items():
             minutes, elbo = curve(TABLES[budget], name)
             if minutes and name.startswith(DEEP):  # the one-layer models' noisy curves would hide these
                 label = f"{name}, {budget} ({row['date']}, {row['epochs']} epochs)"
@@ -73,9 +69,7 @@ def draw(out: Path) -> None:
     curves.grid(alpha=0.3)
 
     figure.tight_layout()
-    with atomic_path(out) as temporary:  # a half-written figure never replaces a good one
-        figure.savefig(temporary, dpi=110, format=out.suffix.lstrip(".") or "png")
-    plt.close(figure)
+    _save_figure(figure, out)
 
 
 def main() -> None:

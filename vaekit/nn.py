@@ -235,16 +235,15 @@ class CausalContext(nn.Module):
         (..., n_params, channels, height, width). The adjustments, (..., n_params or 1 if linear, C, H, W),
         broadcast over both inputs' leading dimensions."""
         item, lead = x.shape[-3:], x.shape[:-3]
-        # the masked convolution and the 1x1 maps as matrix products on channels-last rows: as convolutions
-        # (1 channel to 32 units, 2 threads, torch 2.13 CPU) the context's forward and backward took 2.5 times
-        # as long, as long as the rest of the hybrid model's training step
         (c, h, w), r = item, self.radius
         padded = F.pad(x.reshape(-1, *item), (r, r, r, 0))  # no row below is ever seen
         if not self.hidden:
-            # a convolution with few channels out is another matter: for one logit, a third of the time of the
-            # stacked taps' product in forward and backward (batch 256, 2 threads, 2026-12-08); the rows below
-            # the pixel's own are never seen, so the kernel stops at it
+            # one logit out: a convolution takes a third of the time of the stacked taps' product below, forward
+            # and backward (batch 256, 2 threads, 2026-12-08); the kernel stops at the pixel's own row
             return F.conv2d(padded, self.masked_weight[:, :, : r + 1]).reshape(*lead, 1, *item)
+        # hidden units: the masked convolution and the 1x1 maps as matrix products on channels-last rows; as
+        # convolutions (1 channel to 32 units, 2 threads, torch 2.13 CPU) the context's forward and backward took
+        # 2.5 times as long, as long as the rest of the hybrid model's training step
         taps = zip(self.tap_rows, self.tap_cols, strict=True)
         shifted = [padded[:, :, row : row + h, col : col + w] for row, col in taps]
         earlier = torch.stack(shifted, dim=-1).movedim(1, -2).reshape(-1, h * w, c * len(shifted))
