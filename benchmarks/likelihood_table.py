@@ -89,7 +89,8 @@ for name in HYBRIDS:
 # each hybrid with a linear pixel context (--context 3): each pixel's logit shifted by the 24 pixels before it within
 # radius 3. On 12-epoch one-thread pilots of the 256-wide model (the same schedule for both, 2026-12-08), 0.24 nats of
 # test NLL ahead on the first 1,000 images; its steps cost 1.06 times as much. Over the table's 30 minutes, beside
-# pythae's IWAE, no more than the plain model: 4.69 +- 0.07 nats ahead on the first 5,888 test images (2026-12-08)
+# pythae's IWAE, no more than the plain model: 4.69 +- 0.07 nats ahead on the first 5,888 test images; and beside the
+# plain model in 30-minute one-thread runs, 0.17 +- 0.05 nats behind it on the first 1,000 (both 2026-12-08)
 for name in HYBRIDS:
     VAEKIT[f"{name}-context"] = dict(VAEKIT[name], context=3)
 PYTHAE = {
